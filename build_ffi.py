@@ -1,0 +1,76 @@
+"""Build the private ``conntrack._nfct`` extension with cffi (API mode).
+
+Declarations and the C helper source live in ``csrc/``; this script only
+reads them, finds libnetfilter_conntrack and libmnl, and hands everything to
+cffi.  Run directly (``python build_ffi.py``) to build in place.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import cffi
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(HERE, "csrc")
+HEADER = "libnetfilter_conntrack/libnetfilter_conntrack.h"
+PKGS = ["libnetfilter_conntrack", "libmnl"]
+MISSING = (
+    "libnetfilter_conntrack headers not found: install "
+    "libnetfilter-conntrack-dev and libmnl-dev (Debian/Ubuntu) or "
+    "libnetfilter_conntrack-devel and libmnl-devel (Fedora)."
+)
+
+
+def _read(name: str) -> str:
+    with open(os.path.join(CSRC, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def _pkgconfig(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["pkg-config", *args], check=True, capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return out.stdout.strip()
+
+
+def _check_header() -> None:
+    dirs = [p[2:] for p in _pkgconfig("--cflags-only-I", *PKGS).split()]
+    dirs += ["/usr/include", "/usr/local/include"]
+    if not any(os.path.exists(os.path.join(d, HEADER)) for d in dirs):
+        sys.exit(MISSING)
+
+
+_check_header()
+VERSION = _pkgconfig("--modversion", "libnetfilter_conntrack") or "unknown"
+
+ffibuilder = cffi.FFI()
+ffibuilder.cdef(_read("constants.h"))
+ffibuilder.cdef(_read("ctpy.h"))
+
+source = "#define CTPY_NFCT_VERSION %s\n%s" % (
+    '"' + VERSION.replace('"', "") + '"',
+    _read("ctpy.c"),
+)
+kwargs = dict(
+    include_dirs=[CSRC],
+    depends=[os.path.join(CSRC, n) for n in ("ctpy.c", "ctpy.h", "constants.h")],
+    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+)
+try:
+    ffibuilder.set_source_pkgconfig("conntrack._nfct", PKGS, source, **kwargs)
+except cffi.PkgConfigError:
+    ffibuilder.set_source(
+        "conntrack._nfct",
+        source,
+        libraries=["netfilter_conntrack", "nfnetlink", "mnl"],
+        **kwargs,
+    )
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=HERE, verbose=False)

@@ -1,0 +1,57 @@
+"""conntrack: the Linux connection tracking table from Python.
+
+Typed flows from the kernel's nf_conntrack table over ctnetlink, with the
+hot paths (dump parsing, filtering, batched deletes) in C through
+libnetfilter_conntrack::
+
+    import conntrack
+
+    with conntrack.Conntrack() as ct:
+        print(ct.count(), "of", conntrack.sysctl.read().max)
+        for flow in ct.dump(conntrack.Filter(unreplied=True)):
+            print(flow)
+"""
+
+from __future__ import annotations
+
+from ._binding import nfct_version
+from .enums import DCCPState, Family, Proto, SCTPState, Status, TCPState
+from .errors import (
+    BulkDeleteError,
+    ConntrackError,
+    ConntrackOSError,
+    Exists,
+    NoPermission,
+    NotFound,
+    Unsupported,
+)
+from .features import KernelFeatures
+from .filter import Filter
+from .flow import Counters, Flow, FlowTuple
+from .table import Conntrack, DeleteResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BulkDeleteError",
+    "Conntrack",
+    "ConntrackError",
+    "ConntrackOSError",
+    "Counters",
+    "DCCPState",
+    "DeleteResult",
+    "Exists",
+    "Family",
+    "Filter",
+    "Flow",
+    "FlowTuple",
+    "KernelFeatures",
+    "NoPermission",
+    "NotFound",
+    "Proto",
+    "SCTPState",
+    "Status",
+    "TCPState",
+    "Unsupported",
+    "nfct_version",
+]

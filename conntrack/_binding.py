@@ -1,0 +1,394 @@
+"""The one layer that touches ``ffi`` and ``lib``.
+
+Everything above this module works with plain Python values.  Here live:
+sockets (one ``struct ctpy_sock`` each, opened inside a network namespace
+when asked), batches of flat records written by the C dump loop, the
+conversion of filter plans into C structs, and the errno funnel.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from ._nfct import ffi, lib
+from .errors import ConntrackError, from_errno
+
+#: Records per batch handed from C to Python.
+BATCH = 2048
+#: Bytes of string pool per batch (helper names, security contexts).
+POOL = 64 * 1024
+#: Receive buffer asked for each socket (needs CAP_NET_ADMIN to exceed rmem_max).
+RCVBUF = 8 * 1024 * 1024
+
+MSG_NEW = lib.IPCTNL_MSG_CT_NEW
+MSG_GET = lib.IPCTNL_MSG_CT_GET
+MSG_DELETE = lib.IPCTNL_MSG_CT_DELETE
+F_CREATE_EXCL = lib.NLM_F_CREATE | lib.NLM_F_EXCL
+
+HAS = {
+    name[len("CTPY_HAS_"):].lower(): getattr(lib, name)
+    for name in dir(lib)
+    if name.startswith("CTPY_HAS_")
+}
+
+TupleValues = Tuple[int, int, bytes, bytes, int, int, int, int, int, bool, Optional[int]]
+
+
+def check(rc: int, what: str) -> int:
+    """Raise the matching exception for a negative errno return."""
+    if rc < 0:
+        raise from_errno(-rc, what)
+    return rc
+
+
+def nfct_version() -> str:
+    """Version of libnetfilter_conntrack the extension was built against."""
+    return ffi.string(lib.ctpy_nfct_version()).decode()
+
+
+class Batch:
+    """A block of records from the C side, with their string pool.
+
+    Flows hold a reference to their batch and an index into it; fields are
+    read out of the record when asked for.
+    """
+
+    __slots__ = ("recs", "pool", "n")
+
+    def __init__(self, size: int = BATCH, pool: int = POOL) -> None:
+        self.recs = ffi.new("struct ctpy_record[]", size)
+        self.pool = ffi.new("char[]", pool)
+        self.n = 0
+
+    # -- reading -----------------------------------------------------------
+
+    def present(self, i: int) -> int:
+        return int(self.recs[i].present)
+
+    def tuple(self, i: int, which: str) -> TupleValues:
+        t = getattr(self.recs[i], which)
+        size = 4 if t.family == lib.AF_INET else 16
+        zone = int(t.zone) if t.has_zone else None
+        return (
+            int(t.family),
+            int(t.proto),
+            bytes(ffi.buffer(t.src, size)),
+            bytes(ffi.buffer(t.dst, size)),
+            int(t.sport),
+            int(t.dport),
+            int(t.icmp_type),
+            int(t.icmp_code),
+            int(t.icmp_id),
+            bool(t.has_icmp),
+            zone,
+        )
+
+    def tuple_field(self, i: int, which: str, name: str) -> int:
+        return int(getattr(getattr(self.recs[i], which), name))
+
+    def scalar(self, i: int, name: str) -> int:
+        return int(getattr(self.recs[i], name))
+
+    def counters(self, i: int) -> Tuple[int, int, int, int]:
+        c = self.recs[i].counters
+        return (int(c[0]), int(c[1]), int(c[2]), int(c[3]))
+
+    def labels(self, i: int) -> bytes:
+        return bytes(ffi.buffer(self.recs[i].labels, 16))
+
+    def string(self, i: int, name: str) -> str:
+        r = self.recs[i]
+        off = int(getattr(r, name + "_off"))
+        n = int(getattr(r, name + "_len"))
+        return bytes(ffi.buffer(self.pool + off, n)).decode("utf-8", "replace")
+
+    # -- writing (flows built by users) -----------------------------------
+
+    def set_tuple(self, i: int, which: str, values: TupleValues) -> None:
+        t = getattr(self.recs[i], which)
+        family, proto, src, dst, sport, dport, itype, icode, iid, has_icmp, zone = values
+        t.family = family
+        t.proto = proto
+        ffi.memmove(t.src, src, len(src))
+        ffi.memmove(t.dst, dst, len(dst))
+        t.sport = sport
+        t.dport = dport
+        t.icmp_type = itype
+        t.icmp_code = icode
+        t.icmp_id = iid
+        t.has_icmp = has_icmp
+        t.has_zone = zone is not None
+        t.zone = zone or 0
+
+    def set_fields(self, i: int, present: int, fields: Dict[str, Any]) -> None:
+        r = self.recs[i]
+        for name, value in fields.items():
+            if name == "counters":
+                for k in range(4):
+                    r.counters[k] = value[k]
+            elif name == "labels":
+                ffi.memmove(r.labels, value, 16)
+            else:
+                setattr(r, name, value)
+        r.present |= present
+
+    def set_string(self, i: int, name: str, value: str, offset: int) -> int:
+        raw = value.encode()
+        ffi.memmove(self.pool + offset, raw, len(raw))
+        setattr(self.recs[i], name + "_off", offset)
+        setattr(self.recs[i], name + "_len", len(raw))
+        return offset + len(raw)
+
+
+def gather(flows: List[Tuple["Batch", int]]) -> Batch:
+    """Copy records (and their strings) from many batches into one."""
+    b = Batch(max(len(flows), 1), max(64 * len(flows), 256))
+    used = 0
+    for k, (src, i) in enumerate(flows):
+        b.recs[k] = src.recs[i]
+        r = src.recs[i]
+        if r.present & lib.CTPY_HAS_HELPER:
+            b.set_string(k, "helper", src.string(i, "helper"), used)
+            used += int(r.helper_len)
+    b.n = len(flows)
+    return b
+
+
+def single() -> Batch:
+    """A batch with room for one record, for flows built in Python."""
+    b = Batch(1, 256)
+    b.n = 1
+    return b
+
+
+# -- filters ----------------------------------------------------------------
+
+
+def ufilter(spec: Dict[str, Any]) -> Any:
+    """A ``struct ctpy_filter`` from a plain description (see filter.py)."""
+    f = ffi.new("struct ctpy_filter *")
+    fields = 0
+    for key, value in spec.items():
+        fields |= getattr(lib, "CTPY_F_" + key.upper())
+        if key in ("orig_src", "orig_dst", "reply_src", "reply_dst"):
+            family, addr, mask = value
+            c = getattr(f, key)
+            c.family = family
+            ffi.memmove(c.addr, addr, len(addr))
+            ffi.memmove(c.mask, mask, len(mask))
+        elif key in ("sport", "dport"):
+            setattr(f, key + "_lo", value[0])
+            setattr(f, key + "_hi", value[1])
+        elif key == "state":
+            f.states = value
+        elif key in ("status", "mark"):
+            setattr(f, key + "_val", value[0])
+            setattr(f, key + "_mask", value[1])
+        elif key == "labels":
+            ffi.memmove(f.labels_val, value[0], 16)
+            ffi.memmove(f.labels_mask, value[1], 16)
+        else:
+            setattr(f, key, value)
+    f.fields = fields
+    return f
+
+
+def kfilter(spec: Dict[str, Any]) -> Any:
+    """A ``struct ctpy_kfilter`` (or NULL when empty) for dump/flush requests."""
+    if not spec:
+        return ffi.NULL
+    k = ffi.new("struct ctpy_kfilter *")
+    fields = 0
+    for key, value in spec.items():
+        if key in ("mark", "status"):
+            fields |= getattr(lib, "CTPY_K_" + key.upper())
+            setattr(k, key + "_val", value[0])
+            setattr(k, key + "_mask", value[1])
+        elif key == "zone":
+            fields |= lib.CTPY_K_ZONE
+            k.zone = value
+        elif key in ("orig", "reply"):
+            flags, values = value
+            fields |= lib.CTPY_K_TUPLE
+            setattr(k, key + "_flags", flags)
+            t = getattr(k, key)
+            family, proto, src, dst, sport, dport = values
+            t.family = family
+            t.proto = proto
+            ffi.memmove(t.src, src, len(src))
+            ffi.memmove(t.dst, dst, len(dst))
+            t.sport = sport
+            t.dport = dport
+    k.fields = fields
+    return k
+
+
+CTA = {
+    "src": lib.CTPY_CTA_IP_SRC,
+    "dst": lib.CTPY_CTA_IP_DST,
+    "proto": lib.CTPY_CTA_PROTO_NUM,
+    "sport": lib.CTPY_CTA_SRC_PORT,
+    "dport": lib.CTPY_CTA_DST_PORT,
+}
+
+
+# -- sockets ----------------------------------------------------------------
+
+
+class Socket:
+    """One ctnetlink socket, opened in a network namespace when given.
+
+    Not thread-safe: one operation at a time.
+    """
+
+    def __init__(self, netns_fd: Optional[int] = None) -> None:
+        err = ffi.new("int *")
+        ptr = lib.ctpy_open(-1 if netns_fd is None else netns_fd, RCVBUF, err)
+        if ptr == ffi.NULL:
+            if err[0] == -1:
+                raise ConntrackError(
+                    "could not return the thread to its network namespace"
+                )
+            raise from_errno(err[0], "cannot open a ctnetlink socket")
+        self._ptr = ffi.gc(ptr, lib.ctpy_close)
+        self._netns_fd = netns_fd
+
+    def close(self) -> None:
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            ffi.release(ptr)
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def _p(self) -> Any:
+        if self._ptr is None:
+            raise ValueError("operation on a closed Conntrack handle")
+        return self._ptr
+
+    # -- dumps ----------------------------------------------------------------
+
+    def dump(
+        self, family: int, kf: Any, uf: Any, prefetch: bool = True
+    ) -> Iterator[Batch]:
+        """Batches of matching records; each dump has its own socket."""
+        sock = Socket(self._netns_fd)
+        try:
+            p = sock._p()
+            check(lib.ctpy_dump_start(p, family, kf), "dump")
+            if prefetch:
+                yield from _prefetched(p, uf)
+            else:
+                while True:
+                    b = Batch()
+                    b.n = check(lib.ctpy_dump_next(p, uf, b.recs, BATCH, b.pool, POOL), "dump")
+                    if b.n:
+                        yield b
+                    if lib.ctpy_dump_done(p):
+                        break
+        finally:
+            sock.close()
+
+    def count(self, family: int, kf: Any, uf: Any) -> int:
+        sock = Socket(self._netns_fd)
+        try:
+            p = sock._p()
+            check(lib.ctpy_dump_start(p, family, kf), "dump")
+            out = ffi.new("uint64_t *")
+            check(lib.ctpy_dump_count(p, uf, out), "dump")
+            return int(out[0])
+        finally:
+            sock.close()
+
+    # -- requests -------------------------------------------------------------
+
+    def request(self, msg: int, flags: int, b: Batch, i: int, what: str) -> Optional[Batch]:
+        out = Batch(1, 4096)
+        rc = lib.ctpy_request(self._p(), msg, flags, b.recs + i, b.pool, out.recs, out.pool, 4096)
+        check(rc, what)
+        if rc == 0:
+            return None
+        out.n = 1
+        return out
+
+    def flush(self, family: int, kf: Any) -> None:
+        check(lib.ctpy_flush(self._p(), family, kf), "flush")
+
+    def batch(self, msg: int, flags: int, b: Batch, pin_id: bool) -> Tuple[int, int, int, int, int]:
+        """Send one request per record of *b*, many per sendmsg; count the acks.
+
+        Returns (done, vanished (ENOENT), failed, first errno, first failed index).
+        """
+        res = ffi.new("struct ctpy_batch_result *")
+        check(lib.ctpy_batch(self._p(), msg, flags, b.recs, b.pool, b.n, int(pin_id), res), "batch")
+        return (int(res.done), int(res.vanished), int(res.failed),
+                int(res.first_errno), int(res.first_failed))
+
+    def stats_snapshot(self) -> Tuple[int, int, List[Dict[str, int]]]:
+        entries, limit = self.global_stats()
+        return entries, limit, self.cpu_stats()
+
+    def global_stats(self) -> Tuple[int, int]:
+        entries = ffi.new("uint32_t *")
+        limit = ffi.new("uint32_t *")
+        check(lib.ctpy_global_stats(self._p(), entries, limit), "statistics")
+        return int(entries[0]), int(limit[0])
+
+    def cpu_stats(self) -> List[Dict[str, int]]:
+        ncpu = max(os.cpu_count() or 1, 1) * 2 + 64
+        out = ffi.new("struct ctpy_cpu_stats[]", ncpu)
+        n = check(lib.ctpy_cpu_stats(self._p(), out, ncpu), "per-CPU statistics")
+        names = [f[0] for f in ffi.typeof("struct ctpy_cpu_stats").fields]
+        return [{k: int(getattr(out[i], k)) for k in names} for i in range(n)]
+
+
+def _prefetched(p: Any, uf: Any) -> Iterator[Batch]:
+    """Run recv + parse in a second thread (cffi drops the GIL in C) while
+    the caller turns the previous batch into flows."""
+    q: "queue.Queue[Any]" = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                b = Batch()
+                b.n = lib.ctpy_dump_next(p, uf, b.recs, BATCH, b.pool, POOL)
+                if b.n < 0:
+                    q.put(from_errno(-b.n, "dump"))
+                    return
+                if b.n:
+                    q.put(b)
+                if lib.ctpy_dump_done(p):
+                    break
+            q.put(None)
+        except BaseException as exc:  # handed to the consumer, never lost
+            q.put(exc)
+
+    t = threading.Thread(target=work, name="conntrack-dump", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        t.join()
+
+
+def netns_open(path: str) -> int:
+    """Open a network namespace file; the caller closes the descriptor."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+

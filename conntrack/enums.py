@@ -1,0 +1,245 @@
+"""Enumerations for flows: address family, protocol, status bits, states.
+
+Values come from the installed libnetfilter_conntrack and kernel headers
+through the compiled module, never from a hand-copied table.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Type, TypeVar, Union
+
+from ._nfct import lib
+
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+class Family(enum.IntEnum):
+    """Address family of a flow."""
+
+    ipv4 = lib.AF_INET
+    """IPv4 (AF_INET)."""
+    ipv6 = lib.AF_INET6
+    """IPv6 (AF_INET6)."""
+
+
+class Proto(enum.IntEnum):
+    """Layer-4 protocol of a flow.
+
+    Protocols without a name here (conntrack tracks any IP protocol
+    generically) come back as pseudo-members named ``proto_N``.
+    """
+
+    icmp = lib.IPPROTO_ICMP
+    """ICMP."""
+    tcp = lib.IPPROTO_TCP
+    """TCP."""
+    udp = lib.IPPROTO_UDP
+    """UDP."""
+    dccp = lib.IPPROTO_DCCP
+    """DCCP."""
+    gre = lib.IPPROTO_GRE
+    """GRE."""
+    icmpv6 = lib.IPPROTO_ICMPV6
+    """ICMPv6."""
+    sctp = lib.IPPROTO_SCTP
+    """SCTP."""
+    udplite = lib.IPPROTO_UDPLITE
+    """UDP-Lite."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> "Proto":
+        if isinstance(value, int) and 0 <= value <= 255:
+            member = int.__new__(cls, value)
+            member._name_ = "proto_%d" % value
+            member._value_ = value
+            return member
+        return None  # type: ignore[return-value]
+
+
+class Status(enum.IntFlag):
+    """The kernel's IPS_* status bits of an entry."""
+
+    EXPECTED = lib.IPS_EXPECTED
+    """An expected connection (a helper's related flow)."""
+    SEEN_REPLY = lib.IPS_SEEN_REPLY
+    """Packets were seen in both directions."""
+    ASSURED = lib.IPS_ASSURED
+    """Assured: not dropped early when the table is full."""
+    CONFIRMED = lib.IPS_CONFIRMED
+    """The entry is in the table (left the unconfirmed list)."""
+    SRC_NAT = lib.IPS_SRC_NAT
+    """Source NAT applies."""
+    DST_NAT = lib.IPS_DST_NAT
+    """Destination NAT applies."""
+    SEQ_ADJUST = lib.IPS_SEQ_ADJUST
+    """TCP sequence numbers are adjusted."""
+    SRC_NAT_DONE = lib.IPS_SRC_NAT_DONE
+    """Source NAT has been set up."""
+    DST_NAT_DONE = lib.IPS_DST_NAT_DONE
+    """Destination NAT has been set up."""
+    DYING = lib.IPS_DYING
+    """The entry is being destroyed."""
+    FIXED_TIMEOUT = lib.IPS_FIXED_TIMEOUT
+    """The timeout is fixed (not refreshed by traffic)."""
+    TEMPLATE = lib.IPS_TEMPLATE
+    """A template entry (for zones or helpers)."""
+    UNTRACKED = lib.IPS_UNTRACKED
+    """Untracked (also NAT_CLASH on recent kernels)."""
+    HELPER = lib.IPS_HELPER
+    """A helper was assigned explicitly."""
+    OFFLOAD = lib.IPS_OFFLOAD
+    """Offloaded to the flowtable."""
+    HW_OFFLOAD = lib.IPS_HW_OFFLOAD
+    """Offloaded to hardware."""
+
+
+class TCPState(enum.IntEnum):
+    """TCP conntrack states, as `conntrack -L` names them."""
+
+    NONE = lib.TCP_CONNTRACK_NONE
+    """No state."""
+    SYN_SENT = lib.TCP_CONNTRACK_SYN_SENT
+    """SYN seen, no reply."""
+    SYN_RECV = lib.TCP_CONNTRACK_SYN_RECV
+    """SYN/ACK seen."""
+    ESTABLISHED = lib.TCP_CONNTRACK_ESTABLISHED
+    """Handshake complete."""
+    FIN_WAIT = lib.TCP_CONNTRACK_FIN_WAIT
+    """FIN seen in one direction."""
+    CLOSE_WAIT = lib.TCP_CONNTRACK_CLOSE_WAIT
+    """FIN seen, waiting for the other side."""
+    LAST_ACK = lib.TCP_CONNTRACK_LAST_ACK
+    """FIN in both directions, last ACK pending."""
+    TIME_WAIT = lib.TCP_CONNTRACK_TIME_WAIT
+    """Closed, lingering."""
+    CLOSE = lib.TCP_CONNTRACK_CLOSE
+    """Closed (RST seen)."""
+    SYN_SENT2 = lib.TCP_CONNTRACK_SYN_SENT2
+    """Simultaneous open."""
+
+
+class SCTPState(enum.IntEnum):
+    """SCTP conntrack states."""
+
+    NONE = lib.SCTP_CONNTRACK_NONE
+    """No state."""
+    CLOSED = lib.SCTP_CONNTRACK_CLOSED
+    """Closed."""
+    COOKIE_WAIT = lib.SCTP_CONNTRACK_COOKIE_WAIT
+    """INIT sent."""
+    COOKIE_ECHOED = lib.SCTP_CONNTRACK_COOKIE_ECHOED
+    """COOKIE ECHO sent."""
+    ESTABLISHED = lib.SCTP_CONNTRACK_ESTABLISHED
+    """Association up."""
+    SHUTDOWN_SENT = lib.SCTP_CONNTRACK_SHUTDOWN_SENT
+    """SHUTDOWN sent."""
+    SHUTDOWN_RECD = lib.SCTP_CONNTRACK_SHUTDOWN_RECD
+    """SHUTDOWN received."""
+    SHUTDOWN_ACK_SENT = lib.SCTP_CONNTRACK_SHUTDOWN_ACK_SENT
+    """SHUTDOWN ACK sent."""
+    HEARTBEAT_SENT = lib.SCTP_CONNTRACK_HEARTBEAT_SENT
+    """HEARTBEAT sent (secondary path)."""
+
+
+class DCCPState(enum.IntEnum):
+    """DCCP conntrack states."""
+
+    NONE = lib.DCCP_CONNTRACK_NONE
+    """No state."""
+    REQUEST = lib.DCCP_CONNTRACK_REQUEST
+    """REQUEST sent."""
+    RESPOND = lib.DCCP_CONNTRACK_RESPOND
+    """RESPONSE sent."""
+    PARTOPEN = lib.DCCP_CONNTRACK_PARTOPEN
+    """Partly open."""
+    OPEN = lib.DCCP_CONNTRACK_OPEN
+    """Open."""
+    CLOSEREQ = lib.DCCP_CONNTRACK_CLOSEREQ
+    """CLOSEREQ sent."""
+    CLOSING = lib.DCCP_CONNTRACK_CLOSING
+    """Closing."""
+    TIMEWAIT = lib.DCCP_CONNTRACK_TIMEWAIT
+    """Time-wait."""
+
+
+State = Union[TCPState, SCTPState, DCCPState]
+
+STATE_ENUMS = {
+    Proto.tcp: TCPState,
+    Proto.sctp: SCTPState,
+    Proto.dccp: DCCPState,
+}
+
+
+def _parse_enum(cls: Type[_E], value: object, field: str) -> _E:
+    """Accept a member, its name (any case) or its integer value."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        key = value.strip()
+        for member in cls:
+            if member.name.lower() == key.lower():
+                return member
+        names = ", ".join(m.name for m in cls)
+        raise ValueError("%s: unknown name %r (expected one of: %s)" % (field, value, names))
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError("%s: %d is not a valid %s" % (field, value, cls.__name__)) from None
+    raise TypeError("%s: expected %s, a name or an int, got %r" % (field, cls.__name__, value))
+
+
+def parse_proto(value: object, field: str = "proto") -> Proto:
+    """A Proto from a member, a name such as ``"udp"`` or a number."""
+    return _parse_enum(Proto, value, field)
+
+
+def parse_family(value: object, field: str = "family") -> Family:
+    """A Family from a member, ``"ipv4"``/``"ipv6"`` (or ``4``/``6``) or AF_* number."""
+    if value in (4, "4", "inet"):
+        return Family.ipv4
+    if value in (6, "6", "inet6"):
+        return Family.ipv6
+    return _parse_enum(Family, value, field)
+
+
+def parse_state(proto: Proto, value: object, field: str = "state") -> State:
+    """A state of *proto* from a member, a name such as ``"ESTABLISHED"`` or a number."""
+    cls = STATE_ENUMS.get(proto)
+    if cls is None:
+        raise ValueError("%s: protocol %s has no states" % (field, proto.name))
+    if isinstance(value, enum.IntEnum) and not isinstance(value, cls):
+        raise ValueError("%s: %r is not a %s state" % (field, value, proto.name))
+    return _parse_enum(cls, value, field)  # type: ignore[return-value]
+
+
+def parse_status(value: object, field: str = "status") -> Status:
+    """A Status from a Status, an int, or names like ``"ASSURED|SEEN_REPLY"``."""
+    if isinstance(value, Status):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0 or value > 0xFFFFFFFF:
+            raise ValueError("%s: %d is out of range 0..0xffffffff" % (field, value))
+        return Status(value)
+    if isinstance(value, str):
+        result = Status(0)
+        for part in value.replace(",", "|").split("|"):
+            part = part.strip()
+            if not part:
+                continue
+            member = Status.__members__.get(part.upper())
+            if member is None:
+                names = ", ".join(Status.__members__)
+                raise ValueError(
+                    "%s: unknown status bit %r (expected names from: %s)" % (field, part, names)
+                )
+            result |= member
+        return result
+    if isinstance(value, (list, tuple, set, frozenset)):
+        result = Status(0)
+        for part in value:
+            result |= parse_status(part, field)
+        return result
+    raise TypeError("%s: expected Status, an int or names, got %r" % (field, value))

@@ -1,0 +1,317 @@
+"""Filters: which flows a dump, count or bulk delete applies to.
+
+A :class:`Filter` is built from keywords (strings accepted wherever a
+person would type one) and compiled, per handle, into two parts: what the
+kernel filters (family, mark, status, zone, exact tuple parts, when the
+running kernel can) and what the C layer checks on every parsed record
+(everything, so the answer never depends on the kernel).  Python never
+looks at a record that does not match.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+from . import _binding
+from .enums import Family, Proto, State, Status, parse_family, parse_proto, parse_state, parse_status
+from .features import KernelFeatures
+from .flow import check_int, check_port, labels_to_bytes
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+PortSpec = Union[int, str, Tuple[int, int], range]
+
+_KERNEL_PORT_PROTOS = (Proto.tcp, Proto.udp)  # the kernel's tuple filter compares ports only for these
+
+
+def _network(value: Any, field_name: str) -> Network:
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return value
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return ipaddress.ip_network(value)
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except (ValueError, TypeError):
+        raise ValueError("%s: %r is not an address or CIDR network" % (field_name, value)) from None
+
+
+def _ports(value: PortSpec, field_name: str) -> Tuple[int, int]:
+    if isinstance(value, range):
+        if value.step != 1 or len(value) == 0:
+            raise ValueError("%s: a range of ports needs step 1 and at least one port" % field_name)
+        lo, hi = value.start, value.stop - 1
+    elif isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError("%s: expected (low, high), got %r" % (field_name, value))
+        lo, hi = value
+    elif isinstance(value, str) and "-" in value:
+        a, _, b = value.partition("-")
+        lo, hi = a.strip(), b.strip()  # type: ignore[assignment]
+    else:
+        lo = hi = value  # type: ignore[assignment]
+    lo, hi = check_port(lo, field_name), check_port(hi, field_name)
+    if lo > hi:
+        raise ValueError("%s: empty port range %d-%d" % (field_name, lo, hi))
+    return lo, hi
+
+
+def _masked(value: Any, field_name: str, bits: int) -> Tuple[int, int]:
+    top = (1 << bits) - 1
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError("%s: expected (value, mask), got %r" % (field_name, value))
+        val, mask = value
+    elif isinstance(value, str) and "/" in value:
+        val, _, mask = value.partition("/")
+    else:
+        val, mask = value, top
+    v = check_int(val.strip() if isinstance(val, str) else val, field_name, 0, top)
+    m = check_int(mask.strip() if isinstance(mask, str) else mask, field_name + " mask", 0, top)
+    return v & m, m
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which flows to act on.  Every given part must match (AND).
+
+    Examples::
+
+        Filter(unreplied=True)                        # conntrack -L | grep UNREPLIED
+        Filter(proto="udp", dst="10.0.0.0/8", dport=53)
+        Filter(proto="tcp", state=["SYN_SENT", "SYN_RECV"])
+        Filter(mark="0x10/0xff", zone=3)
+    """
+
+    family: Optional[Family] = None
+    proto: Optional[Proto] = None
+    src: Optional[Network] = None
+    dst: Optional[Network] = None
+    reply_src: Optional[Network] = None
+    reply_dst: Optional[Network] = None
+    sport: Optional[Tuple[int, int]] = None
+    dport: Optional[Tuple[int, int]] = None
+    state: Optional[Tuple[State, ...]] = None
+    status: Optional[Status] = None
+    unreplied: Optional[bool] = None
+    assured: Optional[bool] = None
+    snat: Optional[bool] = None
+    dnat: Optional[bool] = None
+    mark: Optional[Tuple[int, int]] = None
+    zone: Optional[int] = None
+    labels: Optional[bytes] = None
+
+    def __init__(
+        self,
+        *,
+        family: Union[str, int, Family, None] = None,
+        proto: Union[str, int, Proto, None] = None,
+        src: Any = None,
+        dst: Any = None,
+        reply_src: Any = None,
+        reply_dst: Any = None,
+        sport: Optional[PortSpec] = None,
+        dport: Optional[PortSpec] = None,
+        state: Union[str, int, State, Iterable[Union[str, int, State]], None] = None,
+        status: Union[Status, int, str, None] = None,
+        unreplied: Optional[bool] = None,
+        assured: Optional[bool] = None,
+        snat: Optional[bool] = None,
+        dnat: Optional[bool] = None,
+        mark: Union[int, str, Tuple[int, int], None] = None,
+        zone: Optional[int] = None,
+        labels: Union[Iterable[int], int, None] = None,
+    ) -> None:
+        set_ = object.__setattr__
+        fam = parse_family(family) if family is not None else None
+        nets = {}
+        for name, value in (("src", src), ("dst", dst), ("reply_src", reply_src), ("reply_dst", reply_dst)):
+            if value is None:
+                continue
+            net = _network(value, name)
+            net_family = Family.ipv4 if net.version == 4 else Family.ipv6
+            if fam is not None and net_family != fam:
+                raise ValueError("%s: %s is not in family %s" % (name, net, fam.name))
+            fam = net_family
+            nets[name] = net
+        p = parse_proto(proto) if proto is not None else None
+        if p == Proto.icmp and fam == Family.ipv6 or p == Proto.icmpv6 and fam == Family.ipv4:
+            raise ValueError("proto: %s does not go with family %s" % (p.name, fam.name))  # type: ignore[union-attr]
+        states: Optional[Tuple[State, ...]] = None
+        if state is not None:
+            if p is None:
+                p = Proto.tcp  # state names are TCP's unless proto says otherwise
+            items = [state] if isinstance(state, (str, int)) else list(state)  # type: ignore[arg-type]
+            if not items:
+                raise ValueError("state: give at least one state")
+            states = tuple(parse_state(p, s) for s in items)
+        for name, flag in (("unreplied", unreplied), ("assured", assured), ("snat", snat), ("dnat", dnat)):
+            if flag is not None and not isinstance(flag, bool):
+                raise TypeError("%s: expected True, False or None, got %r" % (name, flag))
+        set_(self, "family", fam)
+        set_(self, "proto", p)
+        for name in ("src", "dst", "reply_src", "reply_dst"):
+            set_(self, name, nets.get(name))
+        set_(self, "sport", _ports(sport, "sport") if sport is not None else None)
+        set_(self, "dport", _ports(dport, "dport") if dport is not None else None)
+        set_(self, "state", states)
+        set_(self, "status", parse_status(status) if status is not None else None)
+        set_(self, "unreplied", unreplied)
+        set_(self, "assured", assured)
+        set_(self, "snat", snat)
+        set_(self, "dnat", dnat)
+        set_(self, "mark", _masked(mark, "mark", 32) if mark is not None else None)
+        set_(self, "zone", check_int(zone, "zone", 0, 0xFFFF) if zone is not None else None)
+        set_(self, "labels", labels_to_bytes(labels) if labels is not None else None)
+
+    # -- compilation -----------------------------------------------------------
+
+    def _status_mask(self) -> Optional[Tuple[int, int]]:
+        val = mask = 0
+        if self.status is not None:
+            val |= int(self.status)
+            mask |= int(self.status)
+        for flag, bit in (
+            (self.unreplied, Status.SEEN_REPLY),
+            (self.assured, Status.ASSURED),
+            (self.snat, Status.SRC_NAT),
+            (self.dnat, Status.DST_NAT),
+        ):
+            if flag is None:
+                continue
+            mask |= bit
+            # unreplied=True means SEEN_REPLY is clear; the others mean set
+            if (flag if bit != Status.SEEN_REPLY else not flag):
+                val |= bit
+        if not mask:
+            return None
+        return val, mask
+
+    def compile(self, features: KernelFeatures) -> "Plan":
+        """Split the filter between the kernel and the C record check."""
+        user: Dict[str, Any] = {}
+        kernel: Dict[str, Any] = {}
+        flush_ok = True
+        ktext: List[str] = []
+        utext: List[str] = []
+
+        fam = int(self.family) if self.family is not None else 0
+        if self.family is not None:
+            user["family"] = fam
+            ktext.append("family=%s" % self.family.name)
+            flush_ok &= features.flush_family
+        if self.mark is not None:
+            user["mark"] = self.mark
+            if features.dump_mark:
+                kernel["mark"] = self.mark
+                ktext.append("mark=%#x/%#x" % self.mark)
+            else:
+                utext.append("mark")
+            flush_ok &= features.flush_mark
+        status = self._status_mask()
+        if status is not None:
+            user["status"] = status
+            if features.dump_status:
+                kernel["status"] = status
+                ktext.append("status=%#x/%#x" % status)
+            else:
+                utext.append("status")
+            flush_ok &= features.flush_status
+        if self.zone is not None:
+            user["zone"] = self.zone
+            if features.dump_zone:
+                kernel["zone"] = self.zone
+                ktext.append("zone=%d" % self.zone)
+            else:
+                utext.append("zone")
+            flush_ok &= features.flush_zone
+
+        # Exact tuple parts can go to the kernel (CTA_FILTER) when the family
+        # is known; ranges, CIDRs and states are checked in C.
+        tuple_ok = features.dump_tuple and self.family is not None
+        tuple_flush_ok = features.flush_tuple and self.family is not None
+        orig_flags = 0
+        reply_flags = 0
+        parts: Dict[str, Any] = {"src": b"", "dst": b"", "rsrc": b"", "rdst": b"", "sport": 0, "dport": 0}
+        if self.proto is not None:
+            user["proto"] = int(self.proto)
+            if tuple_ok:
+                orig_flags |= _CTA("proto")
+                ktext.append("proto=%s" % self.proto.name)
+            else:
+                utext.append("proto")
+            flush_ok &= tuple_flush_ok
+        for name, key in (("src", "orig_src"), ("dst", "orig_dst"), ("reply_src", "reply_src"), ("reply_dst", "reply_dst")):
+            net: Optional[Network] = getattr(self, name)
+            if net is None:
+                continue
+            user[key] = (int(self.family or 0), net.network_address.packed, net.netmask.packed)
+            exact = net.prefixlen == net.max_prefixlen
+            if exact and tuple_ok:
+                flag = _CTA("src" if name.endswith("src") else "dst")
+                if name.startswith("reply"):
+                    reply_flags |= flag
+                    parts["r" + name[len("reply_"):]] = net.network_address.packed
+                else:
+                    orig_flags |= flag
+                    parts[name] = net.network_address.packed
+                ktext.append("%s=%s" % (name, net.network_address))
+            else:
+                utext.append("%s=%s" % (name, net))
+            flush_ok &= exact and tuple_flush_ok
+        for name in ("sport", "dport"):
+            rng: Optional[Tuple[int, int]] = getattr(self, name)
+            if rng is None:
+                continue
+            user[name] = rng
+            single = rng[0] == rng[1]
+            if single and tuple_ok and self.proto in _KERNEL_PORT_PROTOS:
+                orig_flags |= _CTA(name)
+                parts[name] = rng[0]
+                ktext.append("%s=%d" % (name, rng[0]))
+                flush_ok &= tuple_flush_ok
+            else:
+                utext.append("%s=%d-%d" % ((name,) + rng) if not single else "%s=%d" % (name, rng[0]))
+                flush_ok = False
+        if orig_flags:
+            kernel["orig"] = (orig_flags, (fam, int(self.proto or 0), parts["src"], parts["dst"], parts["sport"], parts["dport"]))
+        if reply_flags:
+            if self.proto is not None:
+                reply_flags |= _CTA("proto")
+            kernel["reply"] = (reply_flags, (fam, int(self.proto or 0), parts["rsrc"], parts["rdst"], 0, 0))
+        if self.state is not None:
+            user["state"] = sum(1 << int(s) for s in self.state)
+            utext.append("state=%s" % ",".join(s.name for s in self.state))
+            flush_ok = False
+        if self.labels is not None:
+            user["labels"] = (self.labels, self.labels)
+            utext.append("labels")
+            flush_ok = False
+        return Plan(fam, kernel, user, flush_ok, ktext, utext)
+
+    def explain(self, features: Optional[KernelFeatures] = None) -> str:
+        """Say which parts run in the kernel and which in the C layer."""
+        plan = self.compile(features or KernelFeatures.detect())
+        return plan.explain()
+
+
+def _CTA(name: str) -> int:
+    return int(_binding.CTA[name])
+
+
+@dataclass
+class Plan:
+    """A filter compiled for one kernel: what each side evaluates."""
+
+    family: int
+    kernel: Dict[str, Any]
+    user: Dict[str, Any]
+    flush_ok: bool
+    kernel_text: List[str] = field(default_factory=list)
+    user_text: List[str] = field(default_factory=list)
+
+    def explain(self) -> str:
+        k = ", ".join(self.kernel_text) or "nothing"
+        u = ", ".join(self.user_text) or "nothing more"
+        how = "one filtered flush" if self.flush_ok else "dump, then batched deletes pinned by id"
+        return "kernel: %s; userspace (C, per record): %s; bulk delete: %s" % (k, u, how)

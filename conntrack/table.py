@@ -1,0 +1,366 @@
+"""The table handle: :class:`Conntrack`.
+
+One handle owns one ctnetlink socket in one network namespace.  Dumps and
+counts open a socket of their own for their duration, so a dump can be
+abandoned half-way, and entries can be deleted while a dump runs.
+A handle is not safe to share between threads; open one per thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+
+from . import _binding
+from .enums import Family, Status, parse_family, parse_status
+from .errors import BulkDeleteError, ConntrackError, from_errno
+from .features import KernelFeatures
+from .filter import Filter, Plan
+from .flow import Flow, check_int, labels_to_bytes
+
+NetnsSpec = Union[None, str, int, "os.PathLike[str]"]
+
+
+@dataclass
+class DeleteResult:
+    """What a bulk delete did."""
+
+    deleted: int = 0
+    """Entries removed by this call."""
+    vanished: int = 0
+    """Matching entries that were gone before their delete arrived (normal on a live table)."""
+    method: str = "batch"
+    """``"flush"`` (one filtered flush in the kernel) or ``"batch"`` (dump, then deletes pinned by id)."""
+    exact: bool = True
+    """False when ``deleted`` is estimated from the table's entry counter (a kernel flush reports no count)."""
+    dry_run: bool = False
+    """True when nothing was deleted and ``matched`` lists what would have been."""
+    matched: List[Flow] = field(default_factory=list)
+    """With ``dry_run=True``: the flows that match."""
+
+
+def _resolve_netns(netns: NetnsSpec) -> Optional[int]:
+    """An open fd for the namespace (caller closes it), or None for our own."""
+    if netns is None:
+        return None
+    if isinstance(netns, bool):
+        raise TypeError("netns: expected a name, a path or an fd, got %r" % (netns,))
+    if isinstance(netns, int):
+        if netns < 0:
+            raise ValueError("netns: %d is not a file descriptor" % netns)
+        return os.dup(netns)
+    path = os.fspath(netns)
+    if not isinstance(path, str) or not path:
+        raise ValueError("netns: expected a name, a path or an fd, got %r" % (netns,))
+    if "/" not in path:
+        path = os.path.join("/run/netns", path)
+    try:
+        return _binding.netns_open(path)
+    except FileNotFoundError:
+        raise from_errno(2, "network namespace %r not found" % os.fspath(netns), path) from None
+    except OSError as exc:
+        raise from_errno(exc.errno or 5, "cannot open network namespace %r" % path, path) from None
+
+
+def _lookup_record(target: Union[Flow, Filter, None], kwargs: dict) -> Flow:
+    if target is None:
+        return Flow(**kwargs)
+    if kwargs:
+        raise TypeError("give either a Flow or keywords, not both")
+    if not isinstance(target, Flow):
+        raise TypeError("expected a Flow, got %r" % (target,))
+    return target
+
+
+class Conntrack:
+    """A handle on one network namespace's conntrack table.
+
+    ``netns`` is None (this process's namespace), a name under /run/netns,
+    a path such as /proc/PID/ns/net, or an open file descriptor.  The
+    socket is opened inside that namespace; the calling thread is always
+    returned to its own.  Use as a context manager or call :meth:`close`.
+    Not thread-safe.
+    """
+
+    def __init__(self, netns: NetnsSpec = None, *, features: Optional[KernelFeatures] = None) -> None:
+        self._netns_fd = _resolve_netns(netns)
+        try:
+            self._sock = _binding.Socket(self._netns_fd)
+        except BaseException:
+            if self._netns_fd is not None:
+                os.close(self._netns_fd)
+            raise
+        self.features = features if features is not None else KernelFeatures.detect()
+        """The kernel-side filters this handle uses."""
+
+    # -- lifetime -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket (and the namespace descriptor).  Idempotent."""
+        self._sock.close()
+        if self._netns_fd is not None:
+            os.close(self._netns_fd)
+            self._netns_fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._sock.closed
+
+    def __enter__(self) -> "Conntrack":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------
+
+    def _plan(self, flt: Optional[Filter], family: Any) -> Plan:
+        if flt is None:
+            flt = Filter()
+        elif not isinstance(flt, Filter):
+            raise TypeError("expected a Filter, got %r" % (flt,))
+        if family is not None:
+            fam = parse_family(family)
+            if flt.family is not None and flt.family != fam:
+                raise ValueError("family: %s contradicts the filter's %s" % (fam.name, flt.family.name))
+            if flt.family is None:
+                flt = Filter(family=fam, **_filter_kwargs(flt))
+        return flt.compile(self.features)
+
+    def dump(
+        self,
+        filter: Optional[Filter] = None,
+        *,
+        family: Union[str, int, Family, None] = None,
+        where: Optional[Callable[[Flow], bool]] = None,
+        prefetch: bool = True,
+    ) -> Iterator[Flow]:
+        """Stream the flows that match, in batches (memory bounded by a batch).
+
+        ``where`` is an optional Python predicate applied last.  ``prefetch``
+        reads the next batch in a second thread while you handle this one.
+        """
+        self._sock._p()
+        plan = self._plan(filter, family)
+        kf = _binding.kfilter(plan.kernel)
+        uf = _binding.ufilter(plan.user)
+        new = Flow.__new__
+        for b in self._sock.dump(plan.family, kf, uf, prefetch):
+            for i in range(b.n):
+                f = new(Flow)
+                f._b = b
+                f._i = i
+                if where is None or where(f):
+                    yield f
+
+    def count(self, filter: Optional[Filter] = None, *, family: Union[str, int, Family, None] = None) -> int:
+        """Number of entries; with a filter, the number that match.
+
+        Without a filter this asks the kernel's counter over netlink (no
+        procfs); with one, the kernel and the C layer count without
+        building any Python object.
+        """
+        if filter is None and family is None:
+            return self._sock.global_stats()[0]
+        plan = self._plan(filter, family)
+        return self._sock.count(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
+
+    def get(self, flow: Optional[Flow] = None, **keywords: Any) -> Flow:
+        """The current entry for a flow's original tuple (and zone).
+
+        Raises :class:`conntrack.NotFound` when there is none.
+        """
+        f = _lookup_record(flow, keywords)
+        out = self._sock.request(_binding.MSG_GET, 0, f._b, f._i, "get")
+        if out is None:
+            raise from_errno(2, "get: no entry returned")
+        return Flow._from_batch(out, 0)
+
+    # -- writing ----------------------------------------------------------------
+
+    def create(self, flow: Flow) -> None:
+        """Insert a new entry.  Raises :class:`conntrack.Exists` if it is there."""
+        if not isinstance(flow, Flow):
+            raise TypeError("create: expected a Flow, got %r" % (flow,))
+        if flow.timeout is None:
+            raise ValueError("timeout: required to create a flow")
+        self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
+
+    def update(
+        self,
+        flow: Flow,
+        *,
+        mark: Optional[int] = None,
+        timeout: Optional[int] = None,
+        status: Union[Status, int, str, None] = None,
+        labels: Any = None,
+    ) -> None:
+        """Change an existing entry's mark, timeout, status bits or labels.
+
+        Only the values given are sent.  Status bits can only be added (the
+        kernel refuses to clear SEEN_REPLY, ASSURED or CONFIRMED).
+        Raises :class:`conntrack.NotFound` when the entry is gone.
+        """
+        if not isinstance(flow, Flow):
+            raise TypeError("update: expected a Flow, got %r" % (flow,))
+        fields = {}
+        present = 0
+        has = _binding.HAS
+        if mark is not None:
+            fields["mark"] = check_int(mark, "mark", 0, 0xFFFFFFFF)
+            present |= has["mark"]
+        if timeout is not None:
+            fields["timeout"] = check_int(timeout, "timeout", 0, 0xFFFFFFFF)
+            present |= has["timeout"]
+        if status is not None:
+            fields["status"] = int(parse_status(status))
+            present |= has["status"]
+        if labels is not None:
+            fields["labels"] = labels_to_bytes(labels)
+            present |= has["labels"]
+        if not present:
+            raise ValueError("update: give at least one of mark, timeout, status, labels")
+        b = _binding.single()
+        orig = flow._b.tuple(flow._i, "orig")
+        b.set_tuple(0, "orig", orig)
+        if flow.zone and orig[10] is None:  # the zone is not inside the tuple
+            fields["zone"] = flow.zone
+            present |= has["zone"]
+        b.set_fields(0, present | has["orig"], fields)
+        self._sock.request(_binding.MSG_NEW, 0, b, 0, "update")
+
+    def delete(
+        self,
+        target: Union[Flow, Filter, None] = None,
+        *,
+        dry_run: bool = False,
+        **keywords: Any,
+    ) -> DeleteResult:
+        """Delete one flow, or every flow a :class:`Filter` matches.
+
+        A flow read from the kernel is deleted only if it is still the same
+        entry (its id); a flow built by hand by its tuple and zone.  One
+        flow that is gone raises :class:`conntrack.NotFound`.
+
+        With a filter: one filtered flush when the kernel can express the
+        whole filter, else a dump with the kernel-side part and batched
+        deletes pinned to each entry's id.  Entries that vanish meanwhile are
+        counted, not errors.  ``dry_run=True`` deletes nothing and returns
+        the matching flows in ``matched``.
+        """
+        if isinstance(target, Filter):
+            if keywords:
+                raise TypeError("give either a Filter or keywords, not both")
+            return self._bulk_delete(target, dry_run)
+        f = _lookup_record(target, keywords)
+        if dry_run:
+            try:
+                return DeleteResult(method="single", dry_run=True, matched=[self.get(f)])
+            except FileNotFoundError:
+                return DeleteResult(method="single", dry_run=True)
+        self._sock.request(_binding.MSG_DELETE, 0, f._b, f._i, "delete")
+        return DeleteResult(deleted=1, method="single")
+
+    def _bulk_delete(self, flt: Filter, dry_run: bool) -> DeleteResult:
+        plan = flt.compile(self.features)
+        kf = _binding.kfilter(plan.kernel)
+        uf = _binding.ufilter(plan.user)
+        if dry_run:
+            return DeleteResult(dry_run=True, method="flush" if plan.flush_ok else "batch",
+                                matched=list(self.dump(flt)))
+        if plan.flush_ok:
+            before = self._sock.global_stats()[0]
+            self._sock.flush(plan.family, kf)
+            after = self._sock.global_stats()[0]
+            return DeleteResult(deleted=max(before - after, 0), method="flush", exact=False)
+        result = DeleteResult()
+        for b in self._sock.dump(plan.family, kf, uf, prefetch=True):
+            deleted, vanished, failed, err, index = self._sock.batch(_binding.MSG_DELETE, 0, b, pin_id=True)
+            result.deleted += deleted
+            result.vanished += vanished
+            if failed:
+                flow = Flow._from_batch(b, index)
+                exc = from_errno(err, "delete of %s" % flow)
+                raise BulkDeleteError(
+                    "bulk delete stopped after %d deletions: %s" % (result.deleted, exc), result
+                ) from exc
+        return result
+
+    def flush(self, family: Union[str, int, Family, None] = None) -> DeleteResult:
+        """Delete every entry (of one family when given).
+
+        Unlike ``conntrack -F -f ipv4``, a per-family flush really spares
+        the other family.
+        """
+        if family is None:
+            before = self._sock.global_stats()[0]
+            self._sock.flush(0, _binding.kfilter({}))
+            after = self._sock.global_stats()[0]
+            return DeleteResult(deleted=max(before - after, 0), method="flush", exact=False)
+        return self._bulk_delete(Filter(family=family), dry_run=False)
+
+    def create_many(self, flows: Iterable[Flow], *, chunk: int = 4096) -> int:
+        """Insert many new entries, many requests per system call.
+
+        Returns how many were created.  Stops with :class:`BulkDeleteError`'s
+        sibling, :class:`conntrack.ConntrackOSError`, at the first refusal
+        (after the chunk in flight), naming the flow; entries created before
+        it stay.
+        """
+        created = 0
+        pending: List[Any] = []
+
+        def send() -> None:
+            nonlocal created
+            b = _binding.gather(pending)
+            done, _vanished, failed, err, index = self._sock.batch(
+                _binding.MSG_NEW, _binding.F_CREATE_EXCL, b, pin_id=False)
+            created += done
+            pending.clear()
+            if failed:
+                raise from_errno(err, "create of %s (after %d created)" % (Flow._from_batch(b, index), created))
+
+        for f in flows:
+            if not isinstance(f, Flow):
+                raise TypeError("create_many: expected Flow objects, got %r" % (f,))
+            if f.timeout is None:
+                raise ValueError("timeout: required to create a flow (%s)" % f)
+            pending.append((f._b, f._i))
+            if len(pending) >= chunk:
+                send()
+        if pending:
+            send()
+        return created
+
+    # -- statistics -------------------------------------------------------------
+
+    def stats(self) -> List[Dict[str, int]]:
+        """Per-CPU conntrack statistics over netlink (found, invalid, insert,
+        insert_failed, drop, early_drop, error, search_restart,
+        clash_resolve, chaintoolong), one dict per CPU with a ``cpu`` key."""
+        return self._sock.cpu_stats()
+
+    def limit(self) -> int:
+        """The table's size limit as the kernel reports it (nf_conntrack_max)."""
+        return self._sock.global_stats()[1]
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return "<Conntrack %s %s>" % (state, self.features)
+
+
+def _filter_kwargs(flt: Filter) -> dict:
+    """The keywords that rebuild *flt* (used to add a family)."""
+    out: dict = {}
+    for name in ("proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport", "state",
+                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone"):
+        value = getattr(flt, name)
+        if value is not None:
+            out[name] = value
+    if flt.labels is not None:
+        out["labels"] = int.from_bytes(flt.labels, "little")
+    return out
+
+
+__all__ = ["Conntrack", "DeleteResult", "ConntrackError"]

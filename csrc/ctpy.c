@@ -1,0 +1,1010 @@
+/* ctpy.c: the hot paths of the conntrack package, compiled by cffi.
+ *
+ * Everything here runs without the GIL (cffi releases it around calls):
+ * the dump loop (recv, nfct_nlmsg_parse, copy into flat records, filter),
+ * request/acknowledge exchanges, batched deletes and statistics.  Python
+ * never sees a pointer from libnetfilter_conntrack: the records are plain
+ * structs declared in ctpy.h.
+ *
+ * libnetfilter_conntrack parses and builds the conntrack attributes; the
+ * socket, the message headers and the kernel-side filter attributes (which
+ * libnetfilter_conntrack 1.0.9 cannot express) are ours, built with libmnl.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <linux/netlink.h>
+#include <libmnl/libmnl.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack_tcp.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack_sctp.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack_dccp.h>
+
+#include "ctpy.h"
+
+#ifndef SOL_NETLINK
+#define SOL_NETLINK 270
+#endif
+#ifndef NETLINK_CAP_ACK
+#define NETLINK_CAP_ACK 10
+#endif
+
+#define CTPY_RECV_BUF   (256 * 1024)
+#define CTPY_SEND_CHUNK (128 * 1024)
+#define CTPY_MSG_BUF    4096
+
+struct ctpy_sock {
+    int fd;
+    uint32_t portid;
+    uint32_t seq;
+    uint32_t dump_seq;
+    int dumping;
+    int done;
+    char *buf;
+    size_t len;
+    size_t off;
+};
+
+/* ---- sockets ------------------------------------------------------- */
+
+static int set_buf(int fd, int force_opt, int opt, int size)
+{
+    if (setsockopt(fd, SOL_SOCKET, force_opt, &size, sizeof(size)) == 0)
+        return 0;
+    /* Without CAP_NET_ADMIN the FORCE variant fails: take what rmem_max
+     * allows. */
+    return setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size));
+}
+
+static int open_here(int rcvbuf)
+{
+    int fd, one = 1;
+    struct sockaddr_nl sa;
+
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    if (fd < 0)
+        return -errno;
+    set_buf(fd, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf);
+    set_buf(fd, SO_SNDBUFFORCE, SO_SNDBUF, 4 * CTPY_SEND_CHUNK);
+    setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof(one));
+    memset(&sa, 0, sizeof(sa));
+    sa.nl_family = AF_NETLINK;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err)
+{
+    struct ctpy_sock *s;
+    struct sockaddr_nl sa;
+    socklen_t salen = sizeof(sa);
+    int fd;
+
+    *err = 0;
+    if (netns_fd >= 0) {
+        /* setns() moves only this thread; move it back whatever happens. */
+        int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (self < 0) {
+            *err = errno;
+            return NULL;
+        }
+        if (setns(netns_fd, CLONE_NEWNET) < 0) {
+            *err = errno;
+            close(self);
+            return NULL;
+        }
+        fd = open_here(rcvbuf);
+        if (setns(self, CLONE_NEWNET) < 0) {
+            /* The thread is stuck in the wrong namespace: refuse to go on. */
+            if (fd >= 0)
+                close(fd);
+            close(self);
+            *err = -1;
+            return NULL;
+        }
+        close(self);
+    } else {
+        fd = open_here(rcvbuf);
+    }
+    if (fd < 0) {
+        *err = -fd;
+        return NULL;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s)
+        s->buf = malloc(CTPY_RECV_BUF);
+    if (!s || !s->buf) {
+        free(s);
+        close(fd);
+        *err = ENOMEM;
+        return NULL;
+    }
+    if (getsockname(fd, (struct sockaddr *)&sa, &salen) == 0)
+        s->portid = sa.nl_pid;
+    s->fd = fd;
+    s->seq = (uint32_t)getpid() ^ (uint32_t)(uintptr_t)s;
+    s->done = 1;
+    return s;
+}
+
+void ctpy_close(struct ctpy_sock *s)
+{
+    if (!s)
+        return;
+    close(s->fd);
+    free(s->buf);
+    free(s);
+}
+
+static int send_all(struct ctpy_sock *s, const void *buf, size_t len)
+{
+    struct sockaddr_nl sa;
+    ssize_t n;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.nl_family = AF_NETLINK;
+    do {
+        n = sendto(s->fd, buf, len, 0, (struct sockaddr *)&sa, sizeof(sa));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    if ((size_t)n != len)
+        return -EMSGSIZE;
+    return 0;
+}
+
+static ssize_t recv_some(struct ctpy_sock *s)
+{
+    ssize_t n;
+
+    do {
+        n = recv(s->fd, s->buf, CTPY_RECV_BUF, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    s->len = (size_t)n;
+    s->off = 0;
+    return n;
+}
+
+static struct nlmsghdr *put_header(char *buf, uint8_t msg, uint16_t flags,
+                                   uint8_t family, uint8_t version,
+                                   uint32_t seq)
+{
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+    struct nfgenmsg *nfh;
+
+    nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | msg;
+    nlh->nlmsg_flags = NLM_F_REQUEST | flags;
+    nlh->nlmsg_seq = seq;
+    nfh = mnl_nlmsg_put_extra_header(nlh, sizeof(*nfh));
+    nfh->nfgen_family = family;
+    nfh->version = version;
+    nfh->res_id = 0;
+    return nlh;
+}
+
+/* ---- records <-> libnetfilter_conntrack ------------------------------ */
+
+static const int A_SRC4[3] = {ATTR_ORIG_IPV4_SRC, ATTR_REPL_IPV4_SRC, ATTR_MASTER_IPV4_SRC};
+static const int A_DST4[3] = {ATTR_ORIG_IPV4_DST, ATTR_REPL_IPV4_DST, ATTR_MASTER_IPV4_DST};
+static const int A_SRC6[3] = {ATTR_ORIG_IPV6_SRC, ATTR_REPL_IPV6_SRC, ATTR_MASTER_IPV6_SRC};
+static const int A_DST6[3] = {ATTR_ORIG_IPV6_DST, ATTR_REPL_IPV6_DST, ATTR_MASTER_IPV6_DST};
+static const int A_SPORT[3] = {ATTR_ORIG_PORT_SRC, ATTR_REPL_PORT_SRC, ATTR_MASTER_PORT_SRC};
+static const int A_DPORT[3] = {ATTR_ORIG_PORT_DST, ATTR_REPL_PORT_DST, ATTR_MASTER_PORT_DST};
+static const int A_L3[3] = {ATTR_ORIG_L3PROTO, ATTR_REPL_L3PROTO, ATTR_MASTER_L3PROTO};
+static const int A_L4[3] = {ATTR_ORIG_L4PROTO, ATTR_REPL_L4PROTO, ATTR_MASTER_L4PROTO};
+static const int A_ZONE[3] = {ATTR_ORIG_ZONE, ATTR_REPL_ZONE, -1};
+
+static int is_icmp(uint8_t proto)
+{
+    return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+}
+
+static void get_tuple(const struct nf_conntrack *ct, int dir,
+                      struct ctpy_tuple *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->family = nfct_get_attr_u8(ct, A_L3[dir]);
+    t->proto = nfct_get_attr_u8(ct, A_L4[dir]);
+    if (t->family == AF_INET) {
+        uint32_t a = nfct_get_attr_u32(ct, A_SRC4[dir]);
+        memcpy(t->src, &a, 4);
+        a = nfct_get_attr_u32(ct, A_DST4[dir]);
+        memcpy(t->dst, &a, 4);
+    } else if (t->family == AF_INET6) {
+        const void *p = nfct_get_attr(ct, A_SRC6[dir]);
+        if (p)
+            memcpy(t->src, p, 16);
+        p = nfct_get_attr(ct, A_DST6[dir]);
+        if (p)
+            memcpy(t->dst, p, 16);
+    }
+    if (is_icmp(t->proto)) {
+        /* libnetfilter_conntrack keeps one ICMP type/code/id: the original
+         * direction's.  The reply direction's type is derived in Python. */
+        t->has_icmp = 1;
+        t->icmp_type = nfct_get_attr_u8(ct, ATTR_ICMP_TYPE);
+        t->icmp_code = nfct_get_attr_u8(ct, ATTR_ICMP_CODE);
+        t->icmp_id = ntohs(nfct_get_attr_u16(ct, ATTR_ICMP_ID));
+    } else {
+        t->sport = ntohs(nfct_get_attr_u16(ct, A_SPORT[dir]));
+        t->dport = ntohs(nfct_get_attr_u16(ct, A_DPORT[dir]));
+    }
+    if (A_ZONE[dir] >= 0 && nfct_attr_is_set(ct, A_ZONE[dir]) > 0) {
+        t->has_zone = 1;
+        t->zone = nfct_get_attr_u16(ct, A_ZONE[dir]);
+    }
+}
+
+static void set_tuple(struct nf_conntrack *ct, int dir,
+                      const struct ctpy_tuple *t)
+{
+    nfct_set_attr_u8(ct, A_L3[dir], t->family);
+    nfct_set_attr_u8(ct, A_L4[dir], t->proto);
+    if (t->family == AF_INET) {
+        uint32_t a;
+        memcpy(&a, t->src, 4);
+        nfct_set_attr_u32(ct, A_SRC4[dir], a);
+        memcpy(&a, t->dst, 4);
+        nfct_set_attr_u32(ct, A_DST4[dir], a);
+    } else {
+        nfct_set_attr(ct, A_SRC6[dir], t->src);
+        nfct_set_attr(ct, A_DST6[dir], t->dst);
+    }
+    if (is_icmp(t->proto)) {
+        if (dir == 0) {
+            nfct_set_attr_u8(ct, ATTR_ICMP_TYPE, t->icmp_type);
+            nfct_set_attr_u8(ct, ATTR_ICMP_CODE, t->icmp_code);
+            nfct_set_attr_u16(ct, ATTR_ICMP_ID, htons(t->icmp_id));
+        }
+    } else {
+        nfct_set_attr_u16(ct, A_SPORT[dir], htons(t->sport));
+        nfct_set_attr_u16(ct, A_DPORT[dir], htons(t->dport));
+    }
+    if (t->has_zone && A_ZONE[dir] >= 0)
+        nfct_set_attr_u16(ct, A_ZONE[dir], t->zone);
+}
+
+static uint32_t pool_put(char *pool, uint32_t *used, const char *str)
+{
+    size_t n = strlen(str);
+    uint32_t off = *used;
+
+    if (n > 0xffff)
+        n = 0xffff;
+    memcpy(pool + off, str, n);
+    *used += (uint32_t)n;
+    return off;
+}
+
+/* Copy everything a record holds out of a parsed entry.  The caller has
+ * checked that the pool has room for the message's strings. */
+static void fill_record(const struct nf_conntrack *ct, struct ctpy_record *r,
+                        char *pool, uint32_t *pool_used)
+{
+    uint32_t p = CTPY_HAS_ORIG | CTPY_HAS_REPLY;
+
+    memset(r, 0, sizeof(*r));
+    get_tuple(ct, 0, &r->orig);
+    get_tuple(ct, 1, &r->reply);
+    if (r->reply.has_icmp) {
+        r->reply.icmp_type = 0; /* set in Python from the original type */
+        r->reply.icmp_code = r->orig.icmp_code;
+    }
+    if (nfct_attr_is_set(ct, ATTR_MASTER_L3PROTO) > 0) {
+        get_tuple(ct, 2, &r->master);
+        p |= CTPY_HAS_MASTER;
+    }
+#define GET32(attr, field, bit) \
+    if (nfct_attr_is_set(ct, attr) > 0) { r->field = nfct_get_attr_u32(ct, attr); p |= bit; }
+    GET32(ATTR_STATUS, status, CTPY_HAS_STATUS)
+    GET32(ATTR_TIMEOUT, timeout, CTPY_HAS_TIMEOUT)
+    GET32(ATTR_MARK, mark, CTPY_HAS_MARK)
+    GET32(ATTR_ID, id, CTPY_HAS_ID)
+    GET32(ATTR_USE, use, CTPY_HAS_USE)
+#undef GET32
+    if (nfct_attr_is_set(ct, ATTR_ZONE) > 0) {
+        r->zone = nfct_get_attr_u16(ct, ATTR_ZONE);
+        p |= CTPY_HAS_ZONE;
+    } else if (r->orig.has_zone) {
+        r->zone = r->orig.zone;
+        p |= CTPY_HAS_ZONE;
+    } else if (r->reply.has_zone) {
+        r->zone = r->reply.zone;
+        p |= CTPY_HAS_ZONE;
+    }
+    if (nfct_attr_is_set(ct, ATTR_TCP_STATE) > 0) {
+        r->state = nfct_get_attr_u8(ct, ATTR_TCP_STATE);
+        p |= CTPY_HAS_STATE;
+    } else if (nfct_attr_is_set(ct, ATTR_SCTP_STATE) > 0) {
+        r->state = nfct_get_attr_u8(ct, ATTR_SCTP_STATE);
+        p |= CTPY_HAS_STATE;
+    } else if (nfct_attr_is_set(ct, ATTR_DCCP_STATE) > 0) {
+        r->state = nfct_get_attr_u8(ct, ATTR_DCCP_STATE);
+        p |= CTPY_HAS_STATE;
+    }
+    if (nfct_attr_is_set(ct, ATTR_ORIG_COUNTER_PACKETS) > 0) {
+        r->counters[0] = nfct_get_attr_u64(ct, ATTR_ORIG_COUNTER_PACKETS);
+        r->counters[1] = nfct_get_attr_u64(ct, ATTR_ORIG_COUNTER_BYTES);
+        r->counters[2] = nfct_get_attr_u64(ct, ATTR_REPL_COUNTER_PACKETS);
+        r->counters[3] = nfct_get_attr_u64(ct, ATTR_REPL_COUNTER_BYTES);
+        p |= CTPY_HAS_COUNTERS;
+    }
+    if (nfct_attr_is_set(ct, ATTR_TIMESTAMP_START) > 0) {
+        r->ts_start = nfct_get_attr_u64(ct, ATTR_TIMESTAMP_START);
+        p |= CTPY_HAS_TS_START;
+    }
+    if (nfct_attr_is_set(ct, ATTR_TIMESTAMP_STOP) > 0) {
+        r->ts_stop = nfct_get_attr_u64(ct, ATTR_TIMESTAMP_STOP);
+        p |= CTPY_HAS_TS_STOP;
+    }
+    if (nfct_attr_is_set(ct, ATTR_CONNLABELS) > 0) {
+        const struct nfct_bitmask *b = nfct_get_attr(ct, ATTR_CONNLABELS);
+        int i, max = b ? (int)nfct_bitmask_maxbit(b) : -1;
+        for (i = 0; i <= max && i < 128; i++)
+            if (nfct_bitmask_test_bit(b, i))
+                r->labels[i / 8] |= (uint8_t)(1u << (i % 8));
+        p |= CTPY_HAS_LABELS;
+    }
+    if (nfct_attr_is_set(ct, ATTR_HELPER_NAME) > 0) {
+        const char *h = nfct_get_attr(ct, ATTR_HELPER_NAME);
+        if (h) {
+            r->helper_off = pool_put(pool, pool_used, h);
+            r->helper_len = (uint16_t)(*pool_used - r->helper_off);
+            p |= CTPY_HAS_HELPER;
+        }
+    }
+    if (nfct_attr_is_set(ct, ATTR_SECCTX) > 0) {
+        const char *c = nfct_get_attr(ct, ATTR_SECCTX);
+        if (c) {
+            r->secctx_off = pool_put(pool, pool_used, c);
+            r->secctx_len = (uint16_t)(*pool_used - r->secctx_off);
+            p |= CTPY_HAS_SECCTX;
+        }
+    }
+    r->present = p;
+}
+
+/* Set on ct what the record says is present (for create/update/get/delete). */
+static int record_to_ct(const struct ctpy_record *r, const char *pool,
+                        struct nf_conntrack *ct, int lookup_only)
+{
+    uint32_t p = r->present;
+
+    set_tuple(ct, 0, &r->orig);
+    /* A zone travels either as CTA_ZONE or inside a tuple, never both
+     * (the kernel rejects that). */
+    if ((p & CTPY_HAS_ZONE) && !r->orig.has_zone && !r->reply.has_zone)
+        nfct_set_attr_u16(ct, ATTR_ZONE, r->zone);
+    if (lookup_only)
+        return 0; /* get and delete: the tuple and the zone name the entry */
+    if (p & CTPY_HAS_REPLY)
+        set_tuple(ct, 1, &r->reply);
+    if (p & CTPY_HAS_STATUS)
+        nfct_set_attr_u32(ct, ATTR_STATUS, r->status);
+    if (p & CTPY_HAS_TIMEOUT)
+        nfct_set_attr_u32(ct, ATTR_TIMEOUT, r->timeout);
+    if (p & CTPY_HAS_MARK)
+        nfct_set_attr_u32(ct, ATTR_MARK, r->mark);
+    if (p & CTPY_HAS_STATE) {
+        if (r->orig.proto == IPPROTO_TCP)
+            nfct_set_attr_u8(ct, ATTR_TCP_STATE, r->state);
+        else if (r->orig.proto == IPPROTO_SCTP)
+            nfct_set_attr_u8(ct, ATTR_SCTP_STATE, r->state);
+        else if (r->orig.proto == IPPROTO_DCCP)
+            nfct_set_attr_u8(ct, ATTR_DCCP_STATE, r->state);
+    }
+    if (p & CTPY_HAS_LABELS) {
+        struct nfct_bitmask *b = nfct_bitmask_new(127);
+        int i;
+        if (!b)
+            return -ENOMEM;
+        for (i = 0; i < 128; i++)
+            if (r->labels[i / 8] & (1u << (i % 8)))
+                nfct_bitmask_set_bit(b, i);
+        nfct_set_attr(ct, ATTR_CONNLABELS, b); /* ct owns it now */
+    }
+    if ((p & CTPY_HAS_HELPER) && pool) {
+        char name[32];
+        size_t n = r->helper_len;
+        if (n > sizeof(name) - 1)
+            n = sizeof(name) - 1;
+        memcpy(name, pool + r->helper_off, n);
+        name[n] = 0;
+        nfct_set_attr(ct, ATTR_HELPER_NAME, name);
+    }
+    return 0;
+}
+
+/* Build one complete ctnetlink request for record r into buf. */
+static int build_request(char *buf, uint8_t msg, uint16_t flags,
+                         const struct ctpy_record *r, const char *pool,
+                         int pin_id, uint32_t seq)
+{
+    struct nf_conntrack *ct = nfct_new();
+    struct nlmsghdr *nlh;
+    int err;
+
+    if (!ct)
+        return -ENOMEM;
+    nlh = put_header(buf, msg, flags, r->orig.family, 0, seq);
+    err = record_to_ct(r, pool, ct, msg != IPCTNL_MSG_CT_NEW);
+    if (err == 0 && nfct_nlmsg_build(nlh, ct) < 0)
+        err = -EINVAL;
+    nfct_destroy(ct);
+    if (err)
+        return err;
+    /* nfct_nlmsg_build never emits CTA_ID; the kernel checks it on delete,
+     * so a delete can never hit a newer entry with the same tuple. */
+    if (pin_id && (r->present & CTPY_HAS_ID))
+        mnl_attr_put_u32(nlh, CTA_ID, htonl(r->id));
+    return (int)nlh->nlmsg_len;
+}
+
+/* ---- the userspace filter --------------------------------------------- */
+
+static int cidr_match(const struct ctpy_cidr *c, const struct ctpy_tuple *t,
+                      const uint8_t *addr)
+{
+    int i, n;
+
+    if (c->family != t->family)
+        return 0;
+    n = t->family == AF_INET ? 4 : 16;
+    for (i = 0; i < n; i++)
+        if ((addr[i] & c->mask[i]) != c->addr[i])
+            return 0;
+    return 1;
+}
+
+static int has_ports(uint8_t proto)
+{
+    return proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
+           proto == IPPROTO_UDPLITE || proto == IPPROTO_SCTP ||
+           proto == IPPROTO_DCCP;
+}
+
+int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r)
+{
+    uint32_t w = f->fields;
+    const struct ctpy_tuple *o = &r->orig;
+
+    if (!w)
+        return 1;
+    if ((w & CTPY_F_FAMILY) && o->family != f->family)
+        return 0;
+    if ((w & CTPY_F_PROTO) && o->proto != f->proto)
+        return 0;
+    if ((w & CTPY_F_MARK) && (r->mark & f->mark_mask) != f->mark_val)
+        return 0;
+    if ((w & CTPY_F_STATUS) && (r->status & f->status_mask) != f->status_val)
+        return 0;
+    if ((w & CTPY_F_ZONE) && r->zone != f->zone)
+        return 0;
+    if ((w & CTPY_F_STATE) &&
+        (!(r->present & CTPY_HAS_STATE) || r->state >= 32 ||
+         !(f->states & (1u << r->state))))
+        return 0;
+    if ((w & (CTPY_F_SPORT | CTPY_F_DPORT)) && !has_ports(o->proto))
+        return 0;
+    if ((w & CTPY_F_SPORT) && (o->sport < f->sport_lo || o->sport > f->sport_hi))
+        return 0;
+    if ((w & CTPY_F_DPORT) && (o->dport < f->dport_lo || o->dport > f->dport_hi))
+        return 0;
+    if ((w & CTPY_F_ORIG_SRC) && !cidr_match(&f->orig_src, o, o->src))
+        return 0;
+    if ((w & CTPY_F_ORIG_DST) && !cidr_match(&f->orig_dst, o, o->dst))
+        return 0;
+    if ((w & CTPY_F_REPLY_SRC) && !cidr_match(&f->reply_src, &r->reply, r->reply.src))
+        return 0;
+    if ((w & CTPY_F_REPLY_DST) && !cidr_match(&f->reply_dst, &r->reply, r->reply.dst))
+        return 0;
+    if (w & CTPY_F_LABELS) {
+        int i;
+        for (i = 0; i < 16; i++)
+            if ((r->labels[i] & f->labels_mask[i]) != f->labels_val[i])
+                return 0;
+    }
+    return 1;
+}
+
+/* ---- kernel-side filter attributes ------------------------------------- */
+
+static void put_filter_tuple(struct nlmsghdr *nlh, int type,
+                             const struct ctpy_tuple *t, uint32_t flags)
+{
+    struct nlattr *nt = mnl_attr_nest_start(nlh, type);
+    struct nlattr *n;
+
+    if (flags & (CTPY_CTA_IP_SRC | CTPY_CTA_IP_DST)) {
+        n = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
+        if (t->family == AF_INET) {
+            if (flags & CTPY_CTA_IP_SRC)
+                mnl_attr_put(nlh, CTA_IP_V4_SRC, 4, t->src);
+            if (flags & CTPY_CTA_IP_DST)
+                mnl_attr_put(nlh, CTA_IP_V4_DST, 4, t->dst);
+        } else {
+            if (flags & CTPY_CTA_IP_SRC)
+                mnl_attr_put(nlh, CTA_IP_V6_SRC, 16, t->src);
+            if (flags & CTPY_CTA_IP_DST)
+                mnl_attr_put(nlh, CTA_IP_V6_DST, 16, t->dst);
+        }
+        mnl_attr_nest_end(nlh, n);
+    }
+    if (flags & CTPY_CTA_PROTO_NUM) {
+        n = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+        mnl_attr_put_u8(nlh, CTA_PROTO_NUM, t->proto);
+        if (flags & CTPY_CTA_SRC_PORT)
+            mnl_attr_put_u16(nlh, CTA_PROTO_SRC_PORT, htons(t->sport));
+        if (flags & CTPY_CTA_DST_PORT)
+            mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, htons(t->dport));
+        mnl_attr_nest_end(nlh, n);
+    }
+    mnl_attr_nest_end(nlh, nt);
+}
+
+static void put_kfilter(struct nlmsghdr *nlh, const struct ctpy_kfilter *kf)
+{
+    if (!kf)
+        return;
+    if (kf->fields & CTPY_K_MARK) {
+        mnl_attr_put_u32(nlh, CTA_MARK, htonl(kf->mark_val));
+        mnl_attr_put_u32(nlh, CTA_MARK_MASK, htonl(kf->mark_mask));
+    }
+    if (kf->fields & CTPY_K_STATUS) {
+        mnl_attr_put_u32(nlh, CTA_STATUS, htonl(kf->status_val));
+        mnl_attr_put_u32(nlh, CTA_STATUS_MASK, htonl(kf->status_mask));
+    }
+    if (kf->fields & CTPY_K_ZONE)
+        mnl_attr_put_u16(nlh, CTA_ZONE, htons(kf->zone));
+    if ((kf->fields & CTPY_K_TUPLE) && (kf->orig_flags || kf->reply_flags)) {
+        struct nlattr *n;
+        if (kf->orig_flags)
+            put_filter_tuple(nlh, CTA_TUPLE_ORIG, &kf->orig, kf->orig_flags);
+        if (kf->reply_flags)
+            put_filter_tuple(nlh, CTA_TUPLE_REPLY, &kf->reply, kf->reply_flags);
+        n = mnl_attr_nest_start(nlh, CTA_FILTER);
+        mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, kf->orig_flags);
+        mnl_attr_put_u32(nlh, CTA_FILTER_REPLY_FLAGS, kf->reply_flags);
+        mnl_attr_nest_end(nlh, n);
+    }
+}
+
+/* ---- dumps ------------------------------------------------------------- */
+
+int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
+                    const struct ctpy_kfilter *kf)
+{
+    char buf[CTPY_MSG_BUF];
+    struct nlmsghdr *nlh;
+    int err;
+
+    if (s->dumping)
+        return -EBUSY;
+    s->dump_seq = ++s->seq;
+    nlh = put_header(buf, IPCTNL_MSG_CT_GET, NLM_F_DUMP, family, 0, s->dump_seq);
+    put_kfilter(nlh, kf);
+    err = send_all(s, buf, nlh->nlmsg_len);
+    if (err)
+        return err;
+    s->dumping = 1;
+    s->done = 0;
+    s->len = s->off = 0;
+    return 0;
+}
+
+int ctpy_dump_done(const struct ctpy_sock *s)
+{
+    return s->done;
+}
+
+/* Walk the dump.  Each matching entry goes to out[] (and its strings to
+ * pool) when out is given, else it is only counted.  Returns the number of
+ * matches, or -errno. */
+static int dump_walk(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                     struct ctpy_record *out, int max, char *pool,
+                     uint32_t pool_size, uint64_t *count)
+{
+    struct ctpy_record scratch;
+    uint32_t used = 0;
+    int n = 0;
+
+    if (!s->dumping)
+        return 0;
+    while (!out || n < max) {
+        struct nlmsghdr *nlh;
+        struct nf_conntrack *ct;
+        struct ctpy_record *r;
+        uint32_t before;
+
+        if (s->off >= s->len) {
+            ssize_t got = recv_some(s);
+            if (got < 0) {
+                s->dumping = 0;
+                s->done = 1;
+                return (int)got;
+            }
+            if (got == 0) {
+                s->dumping = 0;
+                s->done = 1;
+                return -EPIPE;
+            }
+        }
+        nlh = (struct nlmsghdr *)(s->buf + s->off);
+        if (!mnl_nlmsg_ok(nlh, (int)(s->len - s->off))) {
+            s->dumping = 0;
+            s->done = 1;
+            return -EBADMSG;
+        }
+        if (nlh->nlmsg_seq != s->dump_seq) {
+            s->off += NLMSG_ALIGN(nlh->nlmsg_len); /* stale reply */
+            continue;
+        }
+        if (nlh->nlmsg_type == NLMSG_DONE) {
+            s->off += NLMSG_ALIGN(nlh->nlmsg_len);
+            s->dumping = 0;
+            s->done = 1;
+            break;
+        }
+        if (nlh->nlmsg_type == NLMSG_ERROR) {
+            const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
+            s->off += NLMSG_ALIGN(nlh->nlmsg_len);
+            s->dumping = 0;
+            s->done = 1;
+            if (e->error)
+                return e->error;
+            break;
+        }
+        if (out && pool_size - used < nlh->nlmsg_len) {
+            if (n == 0)
+                return -ENOBUFS; /* cannot happen with a sane pool size */
+            break;
+        }
+        ct = nfct_new();
+        if (!ct)
+            return -ENOMEM;
+        r = out ? &out[n] : &scratch;
+        before = used;
+        if (nfct_nlmsg_parse(nlh, ct) >= 0) {
+            fill_record(ct, r, pool ? pool : NULL, &used);
+            if (ctpy_match(uf, r)) {
+                n++;
+                if (count)
+                    (*count)++;
+            } else {
+                used = before;
+            }
+        }
+        nfct_destroy(ct);
+        s->off += NLMSG_ALIGN(nlh->nlmsg_len);
+    }
+    return n;
+}
+
+int ctpy_dump_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                   struct ctpy_record *out, int max, char *pool,
+                   uint32_t pool_size)
+{
+    return dump_walk(s, uf, out, max, pool, pool_size, NULL);
+}
+
+int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                    uint64_t *count)
+{
+    /* Count-only walks still need somewhere for strings: a small pool that
+     * is reset for every entry is enough. */
+    char pool[8192];
+    int n;
+
+    *count = 0;
+    while (s->dumping) {
+        struct ctpy_record r;
+        n = dump_walk(s, uf, &r, 1, pool, sizeof(pool), count);
+        if (n < 0)
+            return n;
+    }
+    return 0;
+}
+
+/* ---- request / acknowledge -------------------------------------------- */
+
+/* Receive until the acknowledgement for seq.  Conntrack messages that come
+ * first are parsed into out (one at most).  Returns the number of records
+ * stored (0 or 1) or -errno. */
+static int wait_ack(struct ctpy_sock *s, uint32_t seq, struct ctpy_record *out,
+                    char *pool, uint32_t pool_size)
+{
+    int stored = 0;
+
+    for (;;) {
+        ssize_t got = recv_some(s);
+        struct nlmsghdr *nlh;
+        int len;
+
+        if (got < 0)
+            return (int)got;
+        len = (int)got;
+        for (nlh = (struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
+             nlh = mnl_nlmsg_next(nlh, &len)) {
+            if (nlh->nlmsg_seq != seq)
+                continue;
+            if (nlh->nlmsg_type == NLMSG_ERROR) {
+                const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
+                return e->error ? e->error : stored;
+            }
+            if (nlh->nlmsg_type == NLMSG_DONE)
+                return stored;
+            if (out && !stored && pool_size >= nlh->nlmsg_len) {
+                struct nf_conntrack *ct = nfct_new();
+                uint32_t used = 0;
+                if (!ct)
+                    return -ENOMEM;
+                if (nfct_nlmsg_parse(nlh, ct) >= 0) {
+                    fill_record(ct, out, pool, &used);
+                    stored = 1;
+                }
+                nfct_destroy(ct);
+            }
+        }
+    }
+}
+
+int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
+                 const struct ctpy_record *r, const char *pool,
+                 struct ctpy_record *out, char *out_pool,
+                 uint32_t out_pool_size)
+{
+    char buf[CTPY_MSG_BUF];
+    uint32_t seq = ++s->seq;
+    int len, err;
+
+    if (s->dumping)
+        return -EBUSY;
+    len = build_request(buf, msg, flags | NLM_F_ACK, r, pool, 1, seq);
+    if (len < 0)
+        return len;
+    err = send_all(s, buf, (size_t)len);
+    if (err)
+        return err;
+    return wait_ack(s, seq, out, out_pool, out_pool_size);
+}
+
+int ctpy_flush(struct ctpy_sock *s, uint8_t family,
+               const struct ctpy_kfilter *kf)
+{
+    char buf[CTPY_MSG_BUF];
+    struct nlmsghdr *nlh;
+    uint32_t seq = ++s->seq;
+    int err;
+
+    if (s->dumping)
+        return -EBUSY;
+    /* Version 1 makes the kernel honour the family; with version 0 (what
+     * conntrack(8) sends) a flush of one family empties all of them. */
+    nlh = put_header(buf, IPCTNL_MSG_CT_DELETE, NLM_F_ACK, family, 1, seq);
+    put_kfilter(nlh, kf);
+    err = send_all(s, buf, nlh->nlmsg_len);
+    if (err)
+        return err;
+    err = wait_ack(s, seq, NULL, NULL, 0);
+    return err < 0 ? err : 0;
+}
+
+/* ---- batched requests (deletes, creates) --------------------------------------------------- */
+
+int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
+               const struct ctpy_record *recs, const char *pool, int n,
+               int pin_id, struct ctpy_batch_result *res)
+{
+    char *chunk;
+    int i = 0;
+
+    memset(res, 0, sizeof(*res));
+    if (s->dumping)
+        return -EBUSY;
+    chunk = malloc(CTPY_SEND_CHUNK);
+    if (!chunk)
+        return -ENOMEM;
+    while (i < n) {
+        uint32_t first_seq = s->seq + 1;
+        size_t used = 0;
+        int start = i, pending, err;
+
+        /* Many requests in one sendmsg; the kernel handles them in order
+         * and acknowledges each.  A chunk is small enough that its
+         * acknowledgements fit the receive buffer. */
+        while (i < n && CTPY_SEND_CHUNK - used >= CTPY_MSG_BUF) {
+            int len = build_request(chunk + used, msg, flags | NLM_F_ACK,
+                                    &recs[i], pool, pin_id, ++s->seq);
+            if (len < 0) {
+                free(chunk);
+                return len;
+            }
+            used += NLMSG_ALIGN((size_t)len);
+            i++;
+        }
+        err = send_all(s, chunk, used);
+        if (err) {
+            free(chunk);
+            return err;
+        }
+        pending = i - start;
+        while (pending > 0) {
+            ssize_t got = recv_some(s);
+            struct nlmsghdr *nlh;
+            int len;
+
+            if (got < 0) {
+                free(chunk);
+                return (int)got;
+            }
+            len = (int)got;
+            for (nlh = (struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
+                 nlh = mnl_nlmsg_next(nlh, &len)) {
+                const struct nlmsgerr *e;
+                uint32_t k = nlh->nlmsg_seq - first_seq;
+
+                if (nlh->nlmsg_type != NLMSG_ERROR || k >= (uint32_t)(i - start))
+                    continue;
+                e = mnl_nlmsg_get_payload(nlh);
+                pending--;
+                if (e->error == 0) {
+                    res->done++;
+                } else if (e->error == -ENOENT) {
+                    res->vanished++;
+                } else {
+                    if (!res->failed) {
+                        res->first_errno = -e->error;
+                        res->first_failed = start + k;
+                    }
+                    res->failed++;
+                }
+            }
+        }
+    }
+    free(chunk);
+    return 0;
+}
+
+/* ---- statistics -------------------------------------------------------- */
+
+struct stats_ctx {
+    const struct nlattr *tb[32];
+    int max;
+};
+
+static int stats_attr_cb(const struct nlattr *attr, void *data)
+{
+    struct stats_ctx *c = data;
+    int type = mnl_attr_get_type(attr);
+
+    if (type <= c->max && type < 32 && mnl_attr_get_payload_len(attr) >= 4)
+        c->tb[type] = attr;
+    return MNL_CB_OK;
+}
+
+static uint32_t attr_be32(const struct nlattr *a)
+{
+    return a ? ntohl(mnl_attr_get_u32(a)) : 0;
+}
+
+int ctpy_global_stats(struct ctpy_sock *s, uint32_t *entries,
+                      uint32_t *max_entries)
+{
+    char buf[CTPY_MSG_BUF];
+    struct nlmsghdr *nlh;
+    uint32_t seq = ++s->seq;
+    int err, got_reply = 0;
+
+    if (s->dumping)
+        return -EBUSY;
+    nlh = put_header(buf, IPCTNL_MSG_CT_GET_STATS, NLM_F_ACK, AF_UNSPEC, 0, seq);
+    err = send_all(s, buf, nlh->nlmsg_len);
+    if (err)
+        return err;
+    for (;;) {
+        ssize_t n = recv_some(s);
+        int len;
+
+        if (n < 0)
+            return (int)n;
+        len = (int)n;
+        for (nlh = (struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
+             nlh = mnl_nlmsg_next(nlh, &len)) {
+            if (nlh->nlmsg_seq != seq)
+                continue;
+            if (nlh->nlmsg_type == NLMSG_ERROR) {
+                const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
+                if (e->error)
+                    return e->error;
+                return got_reply ? 0 : -ENODATA;
+            }
+            if ((nlh->nlmsg_type & 0xff) == IPCTNL_MSG_CT_GET_STATS) {
+                struct stats_ctx c;
+                memset(&c, 0, sizeof(c));
+                c.max = CTA_STATS_GLOBAL_MAX;
+                mnl_attr_parse(nlh, sizeof(struct nfgenmsg), stats_attr_cb, &c);
+                *entries = attr_be32(c.tb[CTA_STATS_GLOBAL_ENTRIES]);
+                *max_entries = attr_be32(c.tb[CTA_STATS_GLOBAL_MAX_ENTRIES]);
+                got_reply = 1;
+            }
+        }
+    }
+}
+
+int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max)
+{
+    char buf[CTPY_MSG_BUF];
+    struct nlmsghdr *nlh;
+    uint32_t seq = ++s->seq;
+    int err, n = 0;
+
+    if (s->dumping)
+        return -EBUSY;
+    nlh = put_header(buf, IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP, AF_UNSPEC, 0, seq);
+    err = send_all(s, buf, nlh->nlmsg_len);
+    if (err)
+        return err;
+    for (;;) {
+        ssize_t got = recv_some(s);
+        int len;
+
+        if (got < 0)
+            return (int)got;
+        len = (int)got;
+        for (nlh = (struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
+             nlh = mnl_nlmsg_next(nlh, &len)) {
+            const struct nfgenmsg *nfh;
+            struct stats_ctx c;
+            struct ctpy_cpu_stats *o;
+
+            if (nlh->nlmsg_seq != seq)
+                continue;
+            if (nlh->nlmsg_type == NLMSG_DONE)
+                return n;
+            if (nlh->nlmsg_type == NLMSG_ERROR) {
+                const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
+                return e->error ? e->error : n;
+            }
+            if (n >= max)
+                continue;
+            nfh = mnl_nlmsg_get_payload(nlh);
+            memset(&c, 0, sizeof(c));
+            c.max = CTA_STATS_MAX;
+            mnl_attr_parse(nlh, sizeof(*nfh), stats_attr_cb, &c);
+            o = &out[n++];
+            memset(o, 0, sizeof(*o));
+            o->cpu = ntohs(nfh->res_id);
+            o->found = attr_be32(c.tb[CTA_STATS_FOUND]);
+            o->invalid = attr_be32(c.tb[CTA_STATS_INVALID]);
+            o->insert = attr_be32(c.tb[CTA_STATS_INSERT]);
+            o->insert_failed = attr_be32(c.tb[CTA_STATS_INSERT_FAILED]);
+            o->drop = attr_be32(c.tb[CTA_STATS_DROP]);
+            o->early_drop = attr_be32(c.tb[CTA_STATS_EARLY_DROP]);
+            o->error = attr_be32(c.tb[CTA_STATS_ERROR]);
+            o->search_restart = attr_be32(c.tb[CTA_STATS_SEARCH_RESTART]);
+            o->clash_resolve = attr_be32(c.tb[CTA_STATS_CLASH_RESOLVE]);
+            o->chaintoolong = attr_be32(c.tb[CTA_STATS_CHAIN_TOOLONG]);
+        }
+    }
+}
+
+const char *ctpy_nfct_version(void)
+{
+    return CTPY_NFCT_VERSION;
+}

@@ -1,0 +1,194 @@
+/* ctpy.h: the C helper's interface.
+ *
+ * build_ffi.py feeds this file verbatim to cffi's cdef() and the helper
+ * source (ctpy.c) #includes it, so the struct layouts are written once.
+ * Keep it to what cdef can parse: no #include, no #if, no function-like
+ * macros.
+ */
+
+/* Bits of ctpy_record.present: which optional fields carry a value. */
+#define CTPY_HAS_STATUS      0x00001
+#define CTPY_HAS_TIMEOUT     0x00002
+#define CTPY_HAS_MARK        0x00004
+#define CTPY_HAS_ID          0x00008
+#define CTPY_HAS_USE         0x00010
+#define CTPY_HAS_STATE       0x00020
+#define CTPY_HAS_ZONE        0x00040
+#define CTPY_HAS_COUNTERS    0x00080
+#define CTPY_HAS_TS_START    0x00100
+#define CTPY_HAS_TS_STOP     0x00200
+#define CTPY_HAS_LABELS      0x00400
+#define CTPY_HAS_HELPER      0x00800
+#define CTPY_HAS_SECCTX      0x01000
+#define CTPY_HAS_MASTER      0x02000
+#define CTPY_HAS_REPLY       0x04000
+#define CTPY_HAS_ORIG        0x08000
+
+/* One direction of a flow.  Addresses are in network byte order; an IPv4
+ * address fills the first 4 bytes.  Ports and the ICMP id are host order. */
+struct ctpy_tuple {
+    uint8_t src[16];
+    uint8_t dst[16];
+    uint16_t sport;
+    uint16_t dport;
+    uint16_t icmp_id;
+    uint16_t zone;          /* direction-specific zone (has_zone set) */
+    uint8_t icmp_type;
+    uint8_t icmp_code;
+    uint8_t family;         /* AF_INET / AF_INET6 */
+    uint8_t proto;          /* IPPROTO_* */
+    uint8_t has_zone;
+    uint8_t has_icmp;
+};
+
+/* One conntrack entry, flat, as the dump loop writes it.  Strings live in
+ * the batch's pool at [off, off + len). */
+struct ctpy_record {
+    struct ctpy_tuple orig;
+    struct ctpy_tuple reply;
+    struct ctpy_tuple master;
+    uint64_t counters[4];   /* orig packets, orig bytes, reply packets, reply bytes */
+    uint64_t ts_start;      /* ns since the epoch */
+    uint64_t ts_stop;
+    uint32_t present;       /* CTPY_HAS_* */
+    uint32_t status;        /* IPS_* bits */
+    uint32_t timeout;       /* seconds */
+    uint32_t mark;
+    uint32_t id;
+    uint32_t use;
+    uint32_t helper_off;
+    uint32_t secctx_off;
+    uint16_t helper_len;
+    uint16_t secctx_len;
+    uint16_t zone;
+    uint8_t state;          /* TCP, SCTP or DCCP state, by orig.proto */
+    uint8_t labels[16];     /* bit n of label set = labels[n / 8] >> (n % 8) */
+};
+
+/* Bits of ctpy_filter.fields. */
+#define CTPY_F_FAMILY     0x0001
+#define CTPY_F_PROTO      0x0002
+#define CTPY_F_ORIG_SRC   0x0004
+#define CTPY_F_ORIG_DST   0x0008
+#define CTPY_F_REPLY_SRC  0x0010
+#define CTPY_F_REPLY_DST  0x0020
+#define CTPY_F_SPORT      0x0040
+#define CTPY_F_DPORT      0x0080
+#define CTPY_F_STATE      0x0100
+#define CTPY_F_STATUS     0x0200
+#define CTPY_F_MARK       0x0400
+#define CTPY_F_ZONE       0x0800
+#define CTPY_F_LABELS     0x1000
+
+struct ctpy_cidr {
+    uint8_t addr[16];       /* already masked */
+    uint8_t mask[16];
+    uint8_t family;
+};
+
+/* The userspace filter, evaluated in C on every parsed record. */
+struct ctpy_filter {
+    uint32_t fields;        /* CTPY_F_* */
+    uint32_t states;        /* bit n set: state value n matches */
+    uint32_t status_val;
+    uint32_t status_mask;
+    uint32_t mark_val;
+    uint32_t mark_mask;
+    struct ctpy_cidr orig_src;
+    struct ctpy_cidr orig_dst;
+    struct ctpy_cidr reply_src;
+    struct ctpy_cidr reply_dst;
+    uint16_t sport_lo;
+    uint16_t sport_hi;
+    uint16_t dport_lo;
+    uint16_t dport_hi;
+    uint16_t zone;
+    uint8_t family;
+    uint8_t proto;
+    uint8_t labels_val[16];
+    uint8_t labels_mask[16];
+};
+
+/* Bits of ctpy_kfilter.fields: what the kernel is asked to filter. */
+#define CTPY_K_MARK    0x01
+#define CTPY_K_STATUS  0x02
+#define CTPY_K_ZONE    0x04
+#define CTPY_K_TUPLE   0x08
+
+/* CTA_FILTER flags (the kernel's CTA_FILTER_F_*, a stable uAPI value set
+ * that no installed header exports). */
+#define CTPY_CTA_IP_SRC      0x001
+#define CTPY_CTA_IP_DST      0x002
+#define CTPY_CTA_TUPLE_ZONE  0x004
+#define CTPY_CTA_PROTO_NUM   0x008
+#define CTPY_CTA_SRC_PORT    0x010
+#define CTPY_CTA_DST_PORT    0x020
+
+/* The part of a filter sent to the kernel with a dump or flush request. */
+struct ctpy_kfilter {
+    uint32_t fields;        /* CTPY_K_* */
+    uint32_t mark_val;
+    uint32_t mark_mask;
+    uint32_t status_val;
+    uint32_t status_mask;
+    uint32_t orig_flags;    /* CTPY_CTA_* for the original tuple */
+    uint32_t reply_flags;   /* CTPY_CTA_* for the reply tuple */
+    struct ctpy_tuple orig;
+    struct ctpy_tuple reply;
+    uint16_t zone;
+};
+
+/* Outcome of a batch of requests (deletes or creates). */
+struct ctpy_batch_result {
+    uint32_t done;
+    uint32_t vanished;      /* ENOENT: gone before we got to it */
+    uint32_t failed;        /* any other error */
+    int first_errno;
+    uint32_t first_failed;  /* index of the first failed record */
+};
+
+/* Per-CPU statistics (IPCTNL_MSG_CT_GET_STATS_CPU). */
+struct ctpy_cpu_stats {
+    uint32_t cpu;
+    uint32_t found;
+    uint32_t invalid;
+    uint32_t insert;
+    uint32_t insert_failed;
+    uint32_t drop;
+    uint32_t early_drop;
+    uint32_t error;
+    uint32_t search_restart;
+    uint32_t clash_resolve;
+    uint32_t chaintoolong;
+};
+
+struct ctpy_sock;
+
+struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err);
+void ctpy_close(struct ctpy_sock *s);
+
+int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
+                    const struct ctpy_kfilter *kf);
+int ctpy_dump_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                   struct ctpy_record *out, int max,
+                   char *pool, uint32_t pool_size);
+int ctpy_dump_done(const struct ctpy_sock *s);
+int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                    uint64_t *count);
+
+int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
+                 const struct ctpy_record *r, const char *pool,
+                 struct ctpy_record *out, char *out_pool,
+                 uint32_t out_pool_size);
+int ctpy_flush(struct ctpy_sock *s, uint8_t family,
+               const struct ctpy_kfilter *kf);
+int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
+               const struct ctpy_record *recs, const char *pool, int n,
+               int pin_id, struct ctpy_batch_result *res);
+
+int ctpy_global_stats(struct ctpy_sock *s, uint32_t *entries,
+                      uint32_t *max_entries);
+int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max);
+
+int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r);
+const char *ctpy_nfct_version(void);
