@@ -143,7 +143,7 @@ class Batch:
         return offset + len(raw)
 
 
-def gather(flows: List[Tuple["Batch", int]]) -> Batch:
+def gather(flows: List[Tuple[Batch, int]]) -> Batch:
     """Copy records (and their strings) from many batches into one."""
     b = Batch(max(len(flows), 1), max(64 * len(flows), 256))
     used = 0
@@ -349,7 +349,7 @@ class Socket:
 def _prefetched(p: Any, uf: Any) -> Iterator[Batch]:
     """Run recv + parse in a second thread (cffi drops the GIL in C) while
     the caller turns the previous batch into flows."""
-    q: "queue.Queue[Any]" = queue.Queue(maxsize=4)
+    q: queue.Queue[Any] = queue.Queue(maxsize=4)
     stop = threading.Event()
 
     def work() -> None:

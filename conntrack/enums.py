@@ -48,7 +48,7 @@ class Proto(enum.IntEnum):
     """UDP-Lite."""
 
     @classmethod
-    def _missing_(cls, value: object) -> "Proto":
+    def _missing_(cls, value: object) -> Proto:
         if isinstance(value, int) and 0 <= value <= 255:
             member = int.__new__(cls, value)
             member._name_ = "proto_%d" % value

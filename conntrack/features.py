@@ -46,7 +46,7 @@ class KernelFeatures:
     """Flush filtered by exact tuple parts (CTA_FILTER on delete, 6.12)."""
 
     @classmethod
-    def detect(cls, release: Optional[str] = None) -> "KernelFeatures":
+    def detect(cls, release: Optional[str] = None) -> KernelFeatures:
         """Features of the running kernel (or of *release*, e.g. ``"6.1.0"``)."""
         v = kernel_version(release)
         return cls(
@@ -62,7 +62,7 @@ class KernelFeatures:
         )
 
     @classmethod
-    def none(cls) -> "KernelFeatures":
+    def none(cls) -> KernelFeatures:
         """No kernel-side filtering at all: the portable path."""
         return cls()
 

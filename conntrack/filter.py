@@ -187,7 +187,7 @@ class Filter:
             return None
         return val, mask
 
-    def compile(self, features: KernelFeatures) -> "Plan":
+    def compile(self, features: KernelFeatures) -> Plan:
         """Split the filter between the kernel and the C record check."""
         user: Dict[str, Any] = {}
         kernel: Dict[str, Any] = {}

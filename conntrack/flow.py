@@ -260,7 +260,7 @@ class Flow:
         self._i = 0
 
     @classmethod
-    def _from_batch(cls, b: _binding.Batch, i: int) -> "Flow":
+    def _from_batch(cls, b: _binding.Batch, i: int) -> Flow:
         f = cls.__new__(cls)
         f._b = b
         f._i = i

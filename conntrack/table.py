@@ -107,7 +107,7 @@ class Conntrack:
     def closed(self) -> bool:
         return self._sock.closed
 
-    def __enter__(self) -> "Conntrack":
+    def __enter__(self) -> Conntrack:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -204,7 +204,7 @@ class Conntrack:
         """
         if not isinstance(flow, Flow):
             raise TypeError("update: expected a Flow, got %r" % (flow,))
-        fields = {}
+        fields: Dict[str, Any] = {}
         present = 0
         has = _binding.HAS
         if mark is not None:

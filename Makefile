@@ -1,0 +1,57 @@
+# Everything a fresh Debian machine needs: `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack
+PY_PKGS  := cffi pytest hypothesis sphinx ruff mypy
+
+.PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel clean
+
+all: build
+
+# System packages from Debian (needs root; CI runs as root).
+sysdeps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(PY_PKGS)
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# Build the cffi extension in place (conntrack/_nfct*.so).
+build: sysdeps venv
+	$(VPY) build_ffi.py
+
+lint: venv
+	$(VPY) -m ruff check conntrack tests bench examples build_ffi.py setup.py
+
+typecheck: build
+	$(VPY) -m mypy
+
+unit: build
+	$(VPY) -m pytest tests
+
+docs: build
+	$(VPY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+test: build lint typecheck unit docs
+
+demo: build
+	$(VPY) examples/demo.py
+
+bench: build
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+wheel: sysdeps venv
+	$(VPY) -m pip wheel --no-deps -q -w dist .
+
+clean:
+	rm -rf build dist docs/_build conntrack/_nfct.* .pytest_cache .mypy_cache .ruff_cache

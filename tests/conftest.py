@@ -1,0 +1,66 @@
+"""Fixtures and the CI rule: in CI a skipped kernel test is a failure."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+from helpers import Netns, can_use_kernel
+
+import conntrack
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+KERNEL_FIXTURES = {"netns", "ns_ct", "shared_netns"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    for item in items:
+        if KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernel)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and item.get_closest_marker("kernel") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = "kernel test skipped in CI (CI=true), which counts as a failure: %s" % reason
+
+
+def _need_kernel() -> None:
+    reason = can_use_kernel()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    """A fresh network namespace, deleted after the test."""
+    _need_kernel()
+    ns = Netns()
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+@pytest.fixture
+def ns_ct(netns: Netns) -> Iterator[conntrack.Conntrack]:
+    """A Conntrack handle on a fresh namespace (``ns_ct.ns`` is the Netns)."""
+    with conntrack.Conntrack(netns.name) as ct:
+        ct.ns = netns  # type: ignore[attr-defined]
+        yield ct
+
+
+@pytest.fixture(scope="module")
+def shared_netns() -> Iterator[Netns]:
+    """One namespace for a whole module (hypothesis examples flush it)."""
+    _need_kernel()
+    ns = Netns()
+    try:
+        yield ns
+    finally:
+        ns.delete()

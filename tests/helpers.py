@@ -1,0 +1,98 @@
+"""Test helpers: throwaway network namespaces, the reference tool, real traffic.
+
+Nothing here fakes the kernel: namespaces are real, traffic is real
+(loopback inside the namespace, tracked because an nftables rule there uses
+``ct state``), and the reference is the conntrack(8) C tool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from typing import List, Optional
+
+NFT_RULES = """
+table inet ctpytest {
+  chain out { type filter hook output priority 0; ct state new,established,related accept; }
+  chain in  { type filter hook input priority 0; ct state new,established,related accept; }
+}
+"""
+
+
+def can_use_kernel() -> Optional[str]:
+    """None when kernel tests can run here, else the reason they cannot."""
+    if sys.platform != "linux":
+        return "kernel tests need Linux"
+    if os.geteuid() != 0:
+        return "kernel tests need root (CAP_NET_ADMIN and CAP_SYS_ADMIN to make network namespaces)"
+    if shutil.which("ip") is None:
+        return "kernel tests need iproute2's `ip` (apt-get install iproute2)"
+    if not os.path.exists("/proc/sys/net/netfilter/nf_conntrack_max"):
+        return "nf_conntrack is not loaded (modprobe nf_conntrack)"
+    return None
+
+
+def run(*cmd: str, input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, input=input, capture_output=True, text=True, check=check)
+
+
+class Netns:
+    """A named network namespace that lives for one test (or module)."""
+
+    def __init__(self) -> None:
+        self.name = "ctpy-" + uuid.uuid4().hex[:10]
+        run("ip", "netns", "add", self.name)
+        self.exec("ip", "link", "set", "lo", "up")
+
+    @property
+    def path(self) -> str:
+        return "/run/netns/" + self.name
+
+    def exec(self, *cmd: str, input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", self.name, *cmd, input=input, check=check)
+
+    def track(self) -> None:
+        """Make conntrack track this namespace's traffic (an nft ct-state rule)."""
+        self.exec("nft", "-f", "-", input=NFT_RULES)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run conntrack(8), the reference tool, inside the namespace."""
+        return self.exec("conntrack", *args, check=check)
+
+    def cli_lines(self, *args: str) -> List[str]:
+        out = self.cli(*args).stdout
+        return [line.rstrip() for line in out.splitlines() if line.strip()]
+
+    def python(self, code: str, *args: str) -> subprocess.Popen:
+        """Start a Python program inside the namespace (stdin/stdout piped)."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.name, sys.executable, "-c", textwrap.dedent(code), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def delete(self) -> None:
+        run("ip", "netns", "del", self.name, check=False)
+
+
+TCP_PAIR = """
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+cli = socket.create_connection(srv.getsockname())
+conn, _ = srv.accept()
+cli.sendall(b"ping"); conn.recv(4); conn.sendall(b"pong"); cli.recv(4)
+print(cli.getsockname()[1], srv.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+UDP_UNREPLIED = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+s.sendto(b"hello", ("127.0.0.1", int(sys.argv[1])))
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
