@@ -404,8 +404,12 @@ static int record_to_ct(const struct ctpy_record *r, const char *pool,
     if (p & CTPY_HAS_STATE) {
         if (r->orig.proto == IPPROTO_TCP)
             nfct_set_attr_u8(ct, ATTR_TCP_STATE, r->state);
-        else if (r->orig.proto == IPPROTO_SCTP)
+        else if (r->orig.proto == IPPROTO_SCTP) {
+            /* the kernel takes an SCTP state only with both vtags */
             nfct_set_attr_u8(ct, ATTR_SCTP_STATE, r->state);
+            nfct_set_attr_u32(ct, ATTR_SCTP_VTAG_ORIG, 0);
+            nfct_set_attr_u32(ct, ATTR_SCTP_VTAG_REPL, 0);
+        }
         else if (r->orig.proto == IPPROTO_DCCP)
             nfct_set_attr_u8(ct, ATTR_DCCP_STATE, r->state);
     }
