@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack
-PY_PKGS  := cffi pytest hypothesis sphinx ruff mypy
+PY_PKGS  := cffi pytest hypothesis sphinx ruff mypy prometheus_client
 
 .PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel clean
 
@@ -47,7 +47,9 @@ test: build lint typecheck unit docs
 demo: build
 	$(VPY) examples/demo.py
 
+# Needs root; pyroute2 is only a comparison point for the benchmark.
 bench: build
+	$(VPY) -c "import pyroute2" 2>/dev/null || $(VPY) -m pip install -q pyroute2
 	$(VPY) bench/run.py $(BENCH_ARGS)
 
 wheel: sysdeps venv

@@ -14,6 +14,7 @@ libnetfilter_conntrack::
 
 from __future__ import annotations
 
+from . import health, sysctl  # noqa: E402  (they build on the names above)
 from ._binding import nfct_version
 from .enums import DCCPState, Family, Proto, SCTPState, Status, TCPState
 from .errors import (
@@ -33,6 +34,8 @@ from .table import Conntrack, DeleteResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "health",
+    "sysctl",
     "BulkDeleteError",
     "Conntrack",
     "ConntrackError",

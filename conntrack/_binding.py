@@ -379,13 +379,16 @@ def _prefetched(p: Any, uf: Any) -> Iterator[Batch]:
                 raise item
             yield item
     finally:
+        # Abandoned or finished: let the worker see the flag, and keep room
+        # in the queue so that it never blocks on a full one.
         stop.set()
         while t.is_alive():
             try:
-                q.get(timeout=0.05)
+                while True:
+                    q.get_nowait()
             except queue.Empty:
                 pass
-        t.join()
+            t.join(0.001)
 
 
 def netns_open(path: str) -> int:

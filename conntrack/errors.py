@@ -69,3 +69,32 @@ def from_errno(err: int, what: str, filename: Optional[str] = None) -> OSError:
     if filename is not None:
         exc.filename = filename
     return exc
+
+
+class NotLoaded(ConntrackError, FileNotFoundError):
+    """nf_conntrack's sysctls are absent: the module is not loaded (``modprobe nf_conntrack``)."""
+
+
+class ReadOnlyInNamespace(ConntrackError, PermissionError):
+    """The value is global and read-only outside the initial network namespace.
+
+    ``nf_conntrack_max``, ``nf_conntrack_buckets``, ``nf_conntrack_expect_max``
+    and the module's ``hashsize`` can only be changed from the host (init)
+    namespace; every namespace's table is capped by the host's value.
+    """
+
+
+class ConntrackWarning(UserWarning):
+    """Base class of the package's warnings."""
+
+
+class ProxmoxFirewallWarning(ConntrackWarning):
+    """On a Proxmox VE host, pve-firewall re-applies its own conntrack settings."""
+
+
+class PersistOverridden(ConntrackWarning):
+    """Another sysctl drop-in, applied after ours at boot, sets the same key."""
+
+
+class MissingDependency(ConntrackError, ImportError):
+    """An optional dependency is not installed (the message names the extra to install)."""

@@ -44,6 +44,11 @@ class KernelFeatures:
     """Flush filtered by zone (6.8)."""
     flush_tuple: bool = False
     """Flush filtered by exact tuple parts (CTA_FILTER on delete, 6.12)."""
+    tuple_ipv6_addresses: bool = False
+    """IPv6 addresses in CTA_FILTER.  Off on every kernel detected so far:
+    ctnetlink_filter_match_tuple inverts the IPv6 address comparison (seen
+    on 6.18: a filter for one address returns every other one), which on a
+    flush would delete the wrong entries.  IPv6 addresses are checked in C."""
 
     @classmethod
     def detect(cls, release: Optional[str] = None) -> KernelFeatures:

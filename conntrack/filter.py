@@ -230,6 +230,7 @@ class Filter:
         # is known; ranges, CIDRs and states are checked in C.
         tuple_ok = features.dump_tuple and self.family is not None
         tuple_flush_ok = features.flush_tuple and self.family is not None
+        addr_ok = self.family == Family.ipv4 or features.tuple_ipv6_addresses
         orig_flags = 0
         reply_flags = 0
         parts: Dict[str, Any] = {"src": b"", "dst": b"", "rsrc": b"", "rdst": b"", "sport": 0, "dport": 0}
@@ -246,7 +247,7 @@ class Filter:
             if net is None:
                 continue
             user[key] = (int(self.family or 0), net.network_address.packed, net.netmask.packed)
-            exact = net.prefixlen == net.max_prefixlen
+            exact = net.prefixlen == net.max_prefixlen and addr_ok
             if exact and tuple_ok:
                 flag = _CTA("src" if name.endswith("src") else "dst")
                 if name.startswith("reply"):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from conntrack import Filter, Proto, Status, TCPState
 from helpers import TCP_PAIR, UDP_UNREPLIED
+
+from conntrack import Filter, Proto, Status, TCPState
 
 
 def _wait_for(ct, flt, n=1, timeout=5.0):
