@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack
 PY_PKGS  := cffi pytest hypothesis sphinx ruff mypy prometheus_client
 
-.PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel clean
+.PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel compat-trixie clean
 
 all: build
 
@@ -51,6 +51,10 @@ demo: build
 bench: build
 	$(VPY) -c "import pyroute2" 2>/dev/null || $(VPY) -m pip install -q pyroute2
 	$(VPY) bench/run.py $(BENCH_ARGS)
+
+# Debian 13's libnetfilter_conntrack 1.1.0: build and run the core tests with it.
+compat-trixie: build
+	PY=$(VPY) bash scripts/compat-trixie.sh
 
 wheel: sysdeps venv
 	$(VPY) -m pip wheel --no-deps -q -w dist .

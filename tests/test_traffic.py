@@ -56,3 +56,37 @@ def test_udp_without_answer_is_unreplied(ns_ct):
     finally:
         proc.stdin.close()
         proc.wait(5)
+
+
+def test_counters_and_timestamps_when_accounting_is_on(ns_ct):
+    # both switches are per network namespace: the host is not touched
+    ns_ct.ns.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_timestamp=1")
+    ns_ct.ns.track()
+    before = time.time()
+    proc = ns_ct.ns.python(TCP_PAIR)
+    try:
+        cport, sport = map(int, proc.stdout.readline().split())
+        [flow] = _wait_for(ns_ct, Filter(proto="tcp", sport=cport, dport=sport))
+        c = flow.counters
+        assert c is not None
+        assert c.orig_packets >= 3 and c.reply_packets >= 2  # handshake + data each way
+        assert c.orig_bytes > 60 * c.orig_packets // 2 and c.reply_bytes > 0
+        assert flow.start is not None and before - 5 <= flow.start.timestamp() <= time.time() + 5
+        assert flow.stop is None
+        assert "packets=%d bytes=%d" % (c.orig_packets, c.orig_bytes) in str(flow)
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+
+
+def test_counters_are_none_when_accounting_is_off(ns_ct):
+    ns_ct.ns.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=0")
+    ns_ct.ns.track()
+    proc = ns_ct.ns.python(TCP_PAIR)
+    try:
+        cport, sport = map(int, proc.stdout.readline().split())
+        [flow] = _wait_for(ns_ct, Filter(proto="tcp", sport=cport, dport=sport))
+        assert flow.counters is None and flow.start is None
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
