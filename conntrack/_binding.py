@@ -391,6 +391,11 @@ def _prefetched(p: Any, uf: Any) -> Iterator[Batch]:
             t.join(0.001)
 
 
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open at *fd*."""
+    check(lib.ctpy_setns(fd), "cannot enter the network namespace")
+
+
 def netns_open(path: str) -> int:
     """Open a network namespace file; the caller closes the descriptor."""
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -34,7 +34,8 @@ from . import sysctl
 from .enums import Proto, TCPState
 from .errors import MissingDependency
 from .filter import Filter
-from .table import Conntrack, NetnsSpec
+from .netns import NetnsSpec
+from .table import Conntrack
 
 PREFIX = "conntrack"
 """Prefix of every metric name."""

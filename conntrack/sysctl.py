@@ -21,18 +21,16 @@ calling thread never changes namespace.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
 import socket
 import stat
 import tempfile
-import threading
 import types
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from .errors import (
     ConntrackError,
@@ -42,8 +40,9 @@ from .errors import (
     ReadOnlyInNamespace,
     from_errno,
 )
+from .netns import NetnsSpec
+from .netns import run_in as in_netns
 
-NetnsSpec = Union[None, str, int, "os.PathLike[str]"]
 _T = TypeVar("_T")
 
 SYSCTL_DIR = "proc/sys/net/netfilter"
@@ -72,7 +71,6 @@ _NS_READONLY = frozenset(("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntr
 _FLAGS = ("acct", "timestamp", "events", "checksum", "tcp_loose", "tcp_be_liberal")
 _TIMEOUT_RE = re.compile(r"nf_conntrack_[a-z0-9_]*timeout[a-z0-9_]*")
 _DROPIN_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\.conf")
-_CLONE_NEWNET = 0x40000000
 # pve-firewall writes these from the [OPTIONS] of /etc/pve/nodes/<node>/host.fw.
 _PVE_KEYS = ("nf_conntrack_max", "nf_conntrack_tcp_timeout_established", "nf_conntrack_tcp_timeout_syn_recv")
 
@@ -165,65 +163,6 @@ class Recommendation:
 
 def _path(root: str, *parts: str) -> str:
     return os.path.join(os.fspath(root), *parts)
-
-
-_setns_fn: Optional[Callable[[int, int], int]] = None
-
-
-def _setns(fd: int) -> None:
-    """setns(fd, CLONE_NEWNET) for the calling thread (libc through ctypes, with a prototype)."""
-    global _setns_fn
-    if _setns_fn is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.setns
-        fn.argtypes = [ctypes.c_int, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        _setns_fn = fn
-    if _setns_fn(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise from_errno(err, "cannot enter the network namespace")
-
-
-def in_netns(netns: NetnsSpec, fn: Callable[[], _T]) -> _T:
-    """Run *fn* in a short-lived thread inside *netns* and return its result.
-
-    /proc/sys/net follows the namespace of the thread that opens it, so the
-    thread sees that namespace's values; the calling thread stays where it is.
-    With ``netns=None``, *fn* runs here.
-    """
-    if netns is None:
-        return fn()
-    from .table import _resolve_netns  # the one place that names namespaces
-
-    fd = _resolve_netns(netns)
-    assert fd is not None
-    box: Dict[str, object] = {}
-
-    def work() -> None:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(fd)
-            try:
-                box["value"] = fn()
-            finally:
-                try:
-                    _setns(own)
-                except OSError:  # the thread ends now anyway, and its namespace with it
-                    pass
-        except BaseException as exc:  # re-raised in the caller
-            box["error"] = exc
-        finally:
-            os.close(own)
-
-    try:
-        t = threading.Thread(target=work, name="conntrack-netns")
-        t.start()
-        t.join()
-    finally:
-        os.close(fd)
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
 
 
 def _check_root_netns(root: str, netns: NetnsSpec) -> None:

@@ -18,8 +18,7 @@ from .errors import BulkDeleteError, ConntrackError, from_errno
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Flow, check_int, labels_to_bytes
-
-NetnsSpec = Union[None, str, int, "os.PathLike[str]"]
+from .netns import NetnsSpec, resolve
 
 
 @dataclass
@@ -38,29 +37,6 @@ class DeleteResult:
     """True when nothing was deleted and ``matched`` lists what would have been."""
     matched: List[Flow] = field(default_factory=list)
     """With ``dry_run=True``: the flows that match."""
-
-
-def _resolve_netns(netns: NetnsSpec) -> Optional[int]:
-    """An open fd for the namespace (caller closes it), or None for our own."""
-    if netns is None:
-        return None
-    if isinstance(netns, bool):
-        raise TypeError("netns: expected a name, a path or an fd, got %r" % (netns,))
-    if isinstance(netns, int):
-        if netns < 0:
-            raise ValueError("netns: %d is not a file descriptor" % netns)
-        return os.dup(netns)
-    path = os.fspath(netns)
-    if not isinstance(path, str) or not path:
-        raise ValueError("netns: expected a name, a path or an fd, got %r" % (netns,))
-    if "/" not in path:
-        path = os.path.join("/run/netns", path)
-    try:
-        return _binding.netns_open(path)
-    except FileNotFoundError:
-        raise from_errno(2, "network namespace %r not found" % os.fspath(netns), path) from None
-    except OSError as exc:
-        raise from_errno(exc.errno or 5, "cannot open network namespace %r" % path, path) from None
 
 
 def _lookup_record(target: Union[Flow, Filter, None], kwargs: dict) -> Flow:
@@ -84,7 +60,7 @@ class Conntrack:
     """
 
     def __init__(self, netns: NetnsSpec = None, *, features: Optional[KernelFeatures] = None) -> None:
-        self._netns_fd = _resolve_netns(netns)
+        self._netns_fd = resolve(netns)
         try:
             self._sock = _binding.Socket(self._netns_fd)
         except BaseException:

@@ -1008,6 +1008,11 @@ int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max)
     }
 }
 
+int ctpy_setns(int netns_fd)
+{
+    return setns(netns_fd, CLONE_NEWNET) < 0 ? -errno : 0;
+}
+
 const char *ctpy_nfct_version(void)
 {
     return CTPY_NFCT_VERSION;

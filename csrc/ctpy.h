@@ -191,4 +191,5 @@ int ctpy_global_stats(struct ctpy_sock *s, uint32_t *entries,
 int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max);
 
 int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r);
+int ctpy_setns(int netns_fd);
 const char *ctpy_nfct_version(void);

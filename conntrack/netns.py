@@ -1,0 +1,81 @@
+"""Network namespaces: how a handle names one, and running code inside one.
+
+``netns`` arguments everywhere accept None (this process's namespace), a
+name under /run/netns (as ``ip netns add`` makes), a path such as
+/proc/PID/ns/net, or an open file descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable, Dict, Optional, TypeVar, Union
+
+from . import _binding
+from .errors import from_errno
+
+NetnsSpec = Union[None, str, int, "os.PathLike[str]"]
+_T = TypeVar("_T")
+
+
+def resolve(netns: NetnsSpec) -> Optional[int]:
+    """An open fd for the namespace (caller closes it), or None for our own."""
+    if netns is None:
+        return None
+    if isinstance(netns, bool):
+        raise TypeError("netns: expected a name, a path or an fd, got %r" % (netns,))
+    if isinstance(netns, int):
+        if netns < 0:
+            raise ValueError("netns: %d is not a file descriptor" % netns)
+        return os.dup(netns)
+    path = os.fspath(netns)
+    if not isinstance(path, str) or not path:
+        raise ValueError("netns: expected a name, a path or an fd, got %r" % (netns,))
+    if "/" not in path:
+        path = os.path.join("/run/netns", path)
+    try:
+        return _binding.netns_open(path)
+    except FileNotFoundError:
+        raise from_errno(2, "network namespace %r not found" % os.fspath(netns), path) from None
+    except OSError as exc:
+        raise from_errno(exc.errno or 5, "cannot open network namespace %r" % path, path) from None
+
+
+def run_in(netns: NetnsSpec, fn: Callable[[], _T]) -> _T:
+    """Run *fn* in a short-lived thread inside *netns* and return its result.
+
+    /proc/sys/net follows the namespace of the thread that opens it, so the
+    thread sees that namespace's values; the calling thread stays where it is.
+    With ``netns=None``, *fn* runs here.
+    """
+    if netns is None:
+        return fn()
+    fd = resolve(netns)
+    assert fd is not None
+    box: Dict[str, object] = {}
+
+    def work() -> None:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _binding.setns(fd)
+            try:
+                box["value"] = fn()
+            finally:
+                try:
+                    _binding.setns(own)
+                except OSError:  # the thread ends now anyway, and its namespace with it
+                    pass
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+        finally:
+            os.close(own)
+
+    try:
+        t = threading.Thread(target=work, name="conntrack-netns")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
