@@ -86,6 +86,20 @@ class Batch:
             zone,
         )
 
+    # hot fields: one cdata access each, no getattr by name
+    def status(self, i: int) -> int:
+        return self.recs[i].status  # type: ignore[no-any-return]
+
+    def family(self, i: int) -> int:
+        return self.recs[i].orig.family  # type: ignore[no-any-return]
+
+    def proto(self, i: int) -> int:
+        return self.recs[i].orig.proto  # type: ignore[no-any-return]
+
+    def optional(self, i: int, name: str, bit: int) -> Optional[int]:
+        r = self.recs[i]
+        return getattr(r, name) if r.present & bit else None
+
     def tuple_field(self, i: int, which: str, name: str) -> int:
         return int(getattr(getattr(self.recs[i], which), name))
 

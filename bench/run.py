@@ -1,0 +1,481 @@
+"""Benchmark: conntrack (this library) against conntrack(8), pyroute2 and a raw netlink floor.
+
+Everything runs in a scratch network namespace made here and deleted at
+the end; the host's table is never touched.  The host's global
+nf_conntrack_max (and nf_conntrack_buckets, when changed) are restored on
+exit, Ctrl-C and SIGTERM.  See bench/README.md.
+
+    make bench BENCH_ARGS="--entries 200000"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+import ctbench  # noqa: E402
+
+import conntrack  # noqa: E402
+from conntrack import Filter  # noqa: E402
+
+MiB = 1 << 20
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def fmt_n(n: int) -> str:
+    return f"{n:,}"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.n: int = args.entries
+        self.repeat: int = max(1, args.repeat)
+        self.ns: Optional[ctbench.Namespace] = None
+        self.ct: Optional[conntrack.Conntrack] = None
+        self.times: Dict[str, float] = {}
+        self.notes: Dict[str, str] = {}
+        self.entries: Dict[str, int] = {}
+        self.memory: Dict[str, float] = {}
+        self.saved: Dict[str, int] = {}
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def best(self, name: str, fn: Callable[[], Tuple[float, Any]], repeat: Optional[int] = None) -> Any:
+        """Run fn (returns (seconds, result)) repeat times; keep the best time and the last result."""
+        best = float("inf")
+        result: Any = None
+        for i in range(repeat or self.repeat):
+            secs, result = fn()
+            log("    %-60s run %d: %8.3f s  (%s)" % (name, i + 1, secs, result))
+            best = min(best, secs)
+        self.times[name] = best
+        self.entries[name] = result
+        return result
+
+    def exec_argv(self, *cmd: str) -> List[str]:
+        assert self.ns is not None
+        return self.ns.exec_argv(*cmd)
+
+    def wall(self, argv: List[str], **kw: Any) -> Tuple[float, subprocess.CompletedProcess]:
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, text=True, **kw)
+        secs = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError("%s failed (%d): %s" % (" ".join(argv), proc.returncode, proc.stderr))
+        return secs, proc
+
+    def inner(self, code: str, *args: str) -> Tuple[float, int, float]:
+        """Run a Python program in the namespace; it prints "count seconds" (its own timing)."""
+        secs, proc = self.wall(self.exec_argv(sys.executable, "-c", code, *args),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        n, inner = proc.stdout.split()[:2]
+        return secs, int(n), float(inner)
+
+    def table_ok(self) -> None:
+        """The table is whole again: N entries, N/2 UNREPLIED."""
+        assert self.ct is not None
+        self.ensure_max()
+        total = self.ct.count()
+        unrep = self.ct.count(Filter(unreplied=True))
+        want_unrep = ctbench.expected_count(self.n, ctbench.is_unreplied)
+        if total != self.n or unrep != want_unrep:
+            raise RuntimeError("table has %d entries (%d unreplied), expected %d (%d)"
+                               % (total, unrep, self.n, want_unrep))
+
+    def ensure_max(self) -> None:
+        """Someone else (a concurrent test run) may lower the global nf_conntrack_max: raise it again."""
+        want = 2 * self.n + 65536
+        now = ctbench.read_sysctl("nf_conntrack_max")
+        if now < want:
+            ctbench.write_sysctl("nf_conntrack_max", want)
+            self.notes["max"] = ("nf_conntrack_max was lowered by another process during the run (to %d);"
+                                 " raised again to %d" % (now, want))
+            log("    !! " + self.notes["max"])
+
+    def refill(self, where: Callable[[int], bool], flt: Filter) -> None:
+        """Re-create the entries *where* selects (they were just deleted; *flt* selects the same set)."""
+        assert self.ct is not None
+        self.ensure_max()
+        t0 = time.perf_counter()
+        try:
+            made = ctbench.build(self.ct, self.n, where, guard=self.ensure_max)
+        except conntrack.ConntrackError as exc:
+            log("    !! refill failed (%s); deleting the partial refill and retrying" % str(exc)[:200])
+            self.ensure_max()
+            self.ct.delete(flt)
+            made = ctbench.build(self.ct, self.n, where, guard=self.ensure_max)
+        log("    (re-created the %s deleted entries in %.1f s)" % (fmt_n(made), time.perf_counter() - t0))
+        self.table_ok()
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.saved["nf_conntrack_max"] = ctbench.read_sysctl("nf_conntrack_max")
+        want = 2 * self.n + 65536
+        if self.saved["nf_conntrack_max"] < want:
+            ctbench.write_sysctl("nf_conntrack_max", want)
+            log("nf_conntrack_max: %d -> %d for the run (restored at exit)" % (self.saved["nf_conntrack_max"], want))
+        self.ns = ctbench.Namespace()
+        log("namespace: %s" % self.ns.name)
+        self.ct = conntrack.Conntrack(self.ns.name)
+        log("building %s entries (half UNREPLIED UDP, half ESTABLISHED/ASSURED TCP) with create_many ..."
+            % fmt_n(self.n))
+        t0 = time.perf_counter()
+        made = ctbench.build(self.ct, self.n, guard=self.ensure_max)
+        secs = time.perf_counter() - t0
+        log("  created %s in %.1f s (%.0f/s, Flow() construction included)" % (fmt_n(made), secs, made / secs))
+        self.table_ok()
+        ctbench.expected_count(self.n, ctbench.in_cidr_selection)
+
+    def teardown(self) -> None:
+        if self.ct is not None:
+            self.ct.close()
+            self.ct = None
+        if self.ns is not None:
+            self.ns.delete()
+            self.ns = None
+        restore_sysctls(self.saved)
+
+    # -- 1. dump ----------------------------------------------------------------------------
+
+    def dump_ours(self, touch: bool) -> Tuple[float, int]:
+        assert self.ct is not None
+        t0 = time.perf_counter()
+        if touch:
+            n = 0
+            for f in self.ct.dump():
+                _ = f.status
+                n += 1
+        else:
+            n = sum(1 for _ in self.ct.dump())
+        return time.perf_counter() - t0, n
+
+    def dump_floor(self) -> Tuple[float, int]:
+        _wall, n, inner = self.inner(ctbench.FLOOR_CODE)
+        return inner, n
+
+    def dump_cli(self) -> Tuple[float, int]:
+        secs, proc = self.wall(self.exec_argv("conntrack", "-L"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return secs, ctbench.cli_reported(proc.stderr)
+
+    def bench_dump(self, suffix: str = "") -> None:
+        log("1. full dump of %s entries%s" % (fmt_n(self.n), suffix))
+        self.best("dump: raw netlink floor" + suffix, self.dump_floor)
+        self.best("dump: conntrack, count only" + suffix,
+                                                      lambda: self.dump_ours(False))
+        self.best("dump: conntrack, f.status read" + suffix,
+                                                             lambda: self.dump_ours(True))
+        if suffix:
+            return
+        self.best("dump: conntrack -L > /dev/null", self.dump_cli)
+        cap = min(self.args.pyroute2_cap, self.n)
+        if cap <= 0:
+            return
+        try:
+            import pyroute2  # noqa: F401
+        except ImportError:
+            self.notes["pyroute2"] = "pyroute2 not installed (make bench installs it); skipped"
+            log("    " + self.notes["pyroute2"])
+            return
+
+        def pyroute2_run() -> Tuple[float, int]:
+            _wall, n, inner = self.inner(ctbench.PYROUTE2_CODE, str(cap))
+            return inner * self.n / n, n
+
+        self.best("dump: pyroute2 dump_entries (extrapolated)", pyroute2_run)
+        self.notes["pyroute2"] = ("pyroute2 %s: timed on the first %s entries, extrapolated linearly to %s"
+                                  % (_pyroute2_version(), fmt_n(cap), fmt_n(self.n)))
+        log("    " + self.notes["pyroute2"])
+
+    # -- 2. count ---------------------------------------------------------------------------
+
+    def bench_count(self) -> None:
+        assert self.ct is not None
+        ct = self.ct
+        log("2. count of UNREPLIED entries")
+
+        def ours() -> Tuple[float, int]:
+            t0 = time.perf_counter()
+            n = ct.count(Filter(unreplied=True))
+            return time.perf_counter() - t0, n
+
+        def cli() -> Tuple[float, int]:
+            # conntrack(8) has no status filter for "SEEN_REPLY not set" (-u takes only set bits;
+            # -u UNSET is rejected), so the CLI way is to list and count the [UNREPLIED] lines.
+            secs, proc = self.wall(self.exec_argv("sh", "-c", "conntrack -L 2>/dev/null | grep -c UNREPLIED"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            return secs, int(proc.stdout.strip())
+
+        self.best("count: ct.count(Filter(unreplied=True))", ours)
+        self.best("count: conntrack -L | grep -c UNREPLIED", cli)
+
+    # -- 3. delete --------------------------------------------------------------------------
+
+    def bench_delete(self) -> None:
+        assert self.ct is not None
+        ct = self.ct
+        log("3. bulk deletes (the deleted entries are re-created after each run; table verified whole)")
+        flt_all = Filter(unreplied=True)
+        flt_cidr = Filter(**ctbench.CIDR_FILTER_KW)
+        log("    Filter(unreplied=True): %s" % flt_all.explain(ct.features))
+        log("    Filter(%s): %s" % (", ".join("%s=%r" % kv for kv in ctbench.CIDR_FILTER_KW.items()),
+                                    flt_cidr.explain(ct.features)))
+
+        def ours(flt: Filter) -> Callable[[], Tuple[float, int]]:
+            def fn() -> Tuple[float, int]:
+                before = ct.count()
+                t0 = time.perf_counter()
+                res = ct.delete(flt)
+                secs = time.perf_counter() - t0
+                gone = before - ct.count()
+                if res.exact and res.deleted != gone:
+                    raise RuntimeError("delete reported %d, table lost %d" % (res.deleted, gone))
+                return secs, gone
+            return fn
+
+        def cli(*sel: str) -> Callable[[], Tuple[float, int]]:
+            def fn() -> Tuple[float, int]:
+                before = ct.count()
+                secs, proc = self.wall(self.exec_argv("conntrack", "-D", *sel),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                reported = ctbench.cli_reported(proc.stderr)
+                gone = before - ct.count()
+                if reported != gone:
+                    raise RuntimeError("conntrack -D reported %d, table lost %d" % (reported, gone))
+                return secs, gone
+            return fn
+
+        cases = [
+            ("unreplied", flt_all, ("-p", "udp"), ctbench.is_unreplied,
+             "delete UNREPLIED: ct.delete(Filter(unreplied=True))", "delete UNREPLIED: conntrack -D -p udp"),
+            ("cidr", flt_cidr, ctbench.CIDR_CLI, ctbench.in_cidr_selection,
+             "delete CIDR+port: ct.delete(Filter(...))", "delete CIDR+port: conntrack -D " + " ".join(ctbench.CIDR_CLI)),
+        ]
+        for tag, flt, sel, where, ours_name, cli_name in cases:
+            want = ctbench.expected_count(self.n, where)
+            for name, fn in ((ours_name, ours(flt)), (cli_name, cli(*sel))):
+                best = float("inf")
+                for i in range(self.repeat):
+                    secs, gone = fn()
+                    log("    %-60s run %d: %8.3f s  (deleted %s, expected %s)"
+                        % (name, i + 1, secs, fmt_n(gone), fmt_n(want)))
+                    if gone != want:
+                        self.notes["delete_" + tag] = "MISMATCH: %s deleted %d, expected %d" % (name, gone, want)
+                        log("    !! " + self.notes["delete_" + tag])
+                    best = min(best, secs)
+                    self.refill(where, flt)
+                self.times[name] = best
+                self.entries[name] = gone
+
+    # -- 4. memory --------------------------------------------------------------------------
+
+    def bench_memory(self) -> None:
+        assert self.ns is not None
+        log("4. memory (fresh process per measurement)")
+        out: Dict[str, List[int]] = {}
+        for mode in ("stream", "list", "tracemalloc"):
+            _secs, proc = self.wall([sys.executable, "-c", ctbench.MEMORY_CODE, mode, self.ns.name],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out[mode] = [int(x) for x in proc.stdout.split()]
+            log("    %-12s %s" % (mode, out[mode]))
+        n, base, peak, _cur = out["stream"]
+        self.memory["stream_peak_growth"] = (peak - base) / MiB
+        self.memory["stream_flows"] = n
+        n, base, _peak, cur = out["list"]
+        self.memory["list_bytes_per_flow"] = (cur - base) / max(n, 1)
+        self.memory["list_growth"] = (cur - base) / MiB
+        self.memory["tracemalloc_peak"] = out["tracemalloc"][2] / MiB
+        log("    streaming: peak RSS growth %.1f MiB over %s flows (tracemalloc peak of Python "
+            "allocations %.0f KiB)" % (self.memory["stream_peak_growth"], fmt_n(self.memory["stream_flows"]),
+                                       self.memory["tracemalloc_peak"] * 1024))
+        log("    list(ct.dump()): RSS growth %.0f MiB = %.0f bytes per Flow"
+            % (self.memory["list_growth"], self.memory["list_bytes_per_flow"]))
+
+    # -- 5. buckets -------------------------------------------------------------------------
+
+    def bench_buckets(self) -> None:
+        if not ctbench.sysctl_writable("nf_conntrack_buckets"):
+            self.notes["buckets"] = "nf_conntrack_buckets is read-only here; not measured"
+            log("5. " + self.notes["buckets"])
+            return
+        old = ctbench.read_sysctl("nf_conntrack_buckets")
+        new = max(self.n, old)
+        if new == old:
+            self.notes["buckets"] = "nf_conntrack_buckets (%d) already >= N; not measured" % old
+            log("5. " + self.notes["buckets"])
+            return
+        self.saved.setdefault("nf_conntrack_buckets", old)
+        log("5. hash buckets: %d -> %d (chains %.1f -> %.1f), dump re-measured" % (old, new, self.n / old, self.n / new))
+        ctbench.write_sysctl("nf_conntrack_buckets", new)
+        try:
+            self.table_ok()
+            self.bench_dump(suffix=" [buckets=N]")
+        finally:
+            ctbench.write_sysctl("nf_conntrack_buckets", old)
+            log("   nf_conntrack_buckets restored to %d" % old)
+
+    # -- report -----------------------------------------------------------------------------
+
+    def report(self) -> str:
+        t = self.times
+        lines: List[str] = []
+        add = lines.append
+        add("")
+        add("machine: %s" % machine())
+        add("table: %s entries (%s UNREPLIED UDP, %s ESTABLISHED/ASSURED TCP), best of %d runs"
+            % (fmt_n(self.n), fmt_n(ctbench.expected_count(self.n, ctbench.is_unreplied)),
+               fmt_n(self.n - ctbench.expected_count(self.n, ctbench.is_unreplied)), self.repeat))
+        add("")
+        add("%-66s %10s %12s" % ("measurement", "seconds", "entries"))
+        add("-" * 90)
+        for name, secs in t.items():
+            add("%-66s %10.3f %12s" % (name, secs, fmt_n(self.entries.get(name, 0))))
+        add("")
+        add("%-52s %9s %9s %8s %10s  %s" % ("comparison (ratio = ours / reference)", "ours s", "ref s",
+                                            "ratio", "target", "result"))
+        add("-" * 102)
+        cmp_rows = [
+            ("full dump (count only) vs raw floor", "dump: conntrack, count only", "dump: raw netlink floor", 1.3),
+            ("full dump (f.status read) vs raw floor", "dump: conntrack, f.status read",
+             "dump: raw netlink floor", 1.3),
+            ("full dump (count only) vs conntrack -L", "dump: conntrack, count only",
+             "dump: conntrack -L > /dev/null", 1.0),
+            ("full dump (f.status read) vs conntrack -L", "dump: conntrack, f.status read",
+             "dump: conntrack -L > /dev/null", 1.0),
+            ("full dump (f.status read) vs pyroute2 (extrapolated)", "dump: conntrack, f.status read",
+             "dump: pyroute2 dump_entries (extrapolated)", None),
+            ("count UNREPLIED vs conntrack -L | grep -c", "count: ct.count(Filter(unreplied=True))",
+             "count: conntrack -L | grep -c UNREPLIED", 0.5),
+            ("delete all UNREPLIED vs conntrack -D -p udp", "delete UNREPLIED: ct.delete(Filter(unreplied=True))",
+             "delete UNREPLIED: conntrack -D -p udp", 0.2),
+            ("delete CIDR+port vs conntrack -D (same selection)", "delete CIDR+port: ct.delete(Filter(...))",
+             "delete CIDR+port: conntrack -D " + " ".join(ctbench.CIDR_CLI), 1 / 3),
+            ("[buckets=N] dump (f.status read) vs raw floor", "dump: conntrack, f.status read [buckets=N]",
+             "dump: raw netlink floor [buckets=N]", 1.3),
+        ]
+        for label, ours, ref, target in cmp_rows:
+            if ours not in t or ref not in t:
+                continue
+            ratio = t[ours] / t[ref]
+            if target is None:
+                tgt, res = "(info)", ""
+            else:
+                strict = target == 1.0
+                ok = ratio < target if strict else ratio <= target
+                tgt = ("< %.2fx" if strict else "<= %.2fx") % target
+                res = "PASS" if ok else "MISS"
+            add("%-52s %9.3f %9.3f %7.2fx %10s  %s" % (label, t[ours], t[ref], ratio, tgt, res))
+        if "stream_peak_growth" in self.memory:
+            g = self.memory["stream_peak_growth"]
+            scale = "" if self.n == 1_000_000 else " (target is for 1M entries; N=%s)" % fmt_n(self.n)
+            add("%-52s %8.1f MiB %19s %10s  %s%s" % ("streaming dump: peak RSS growth", g, "", "< 64 MiB",
+                                                     "PASS" if g < 64 else "MISS", scale))
+            add("%-52s %8.0f B  %19s %10s" % ("list(ct.dump()): RSS growth per Flow held",
+                                              self.memory["list_bytes_per_flow"], "", "(info)"))
+            add("%-52s %8.0f KiB %19s %10s" % ("streaming dump: tracemalloc peak (Python heap)",
+                                               self.memory["tracemalloc_peak"] * 1024, "", "(info)"))
+        add("")
+        add("entries column: what each run saw (dump: flows/messages read; count: the count; delete: entries"
+            " removed, checked against the table's counter and the expected number)")
+        add("CIDR+port selection: Filter(%s) vs conntrack -D %s (conntrack(8) 1.4.7 takes no port ranges,"
+            " so both use one port)" % (", ".join("%s=%r" % kv for kv in ctbench.CIDR_FILTER_KW.items()),
+                                        " ".join(ctbench.CIDR_CLI)))
+        add("UNREPLIED count reference: conntrack(8) has no status filter for 'SEEN_REPLY not set' "
+            "(-u UNSET is refused), so the CLI lists and greps")
+        add("reference timings are wall-clock of `ip netns exec NS ...` subprocesses; ours are in-process "
+            "perf_counter; the raw floor and pyroute2 are timed inside their own process (startup excluded)")
+        for v in self.notes.values():
+            add("note: " + v)
+        return "\n".join(lines)
+
+
+def _pyroute2_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("pyroute2")
+    except Exception:
+        return "?"
+
+
+def machine() -> str:
+    with open("/proc/meminfo") as fh:
+        mem_kb = int(fh.readline().split()[1])
+    cli = subprocess.run(["conntrack", "--version"], capture_output=True, text=True).stdout.strip()
+    return "nproc=%d, memory=%.1f GiB, kernel %s, libnetfilter_conntrack %s, %s, Python %s" % (
+        os.cpu_count() or 0, mem_kb / (1 << 20), platform.release(), conntrack.nfct_version(),
+        cli or "conntrack(8) ?", platform.python_version())
+
+
+def restore_sysctls(saved: Dict[str, int]) -> None:
+    for name, value in list(saved.items()):
+        try:
+            if ctbench.read_sysctl(name) != value:
+                ctbench.write_sysctl(name, value)
+                log("%s restored to %d" % (name, value))
+        except OSError as exc:  # keep restoring the others
+            log("!! could not restore %s to %d: %s" % (name, value, exc))
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--entries", type=int, default=1_000_000, help="table size N (default 1,000,000)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per measurement, best kept (default 2)")
+    ap.add_argument("--pyroute2-cap", type=int, default=100_000,
+                    help="entries pyroute2 reads before the time is extrapolated (0 skips it)")
+    ap.add_argument("--no-buckets", action="store_true",
+                    help="skip re-measuring the dump with nf_conntrack_buckets raised to N")
+    ap.add_argument("--json", metavar="PATH", help="also write the raw numbers as JSON")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark makes a network namespace and raises nf_conntrack_max")
+    for tool in ("ip", "conntrack"):
+        if shutil.which(tool) is None:
+            sys.exit("%s not found (make sysdeps)" % tool)
+    if args.entries < 2:
+        sys.exit("--entries: need at least 2")
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    log("machine: %s" % machine())
+    b = Bench(args)
+    try:
+        b.setup()
+        b.bench_dump()
+        b.bench_count()
+        b.bench_delete()
+        b.bench_memory()
+        if not args.no_buckets:
+            b.bench_buckets()
+        report = b.report()
+        log(report)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": machine(), "entries": b.n, "repeat": b.repeat, "times": b.times,
+                           "entries_seen": b.entries, "memory": b.memory, "notes": b.notes}, fh, indent=2)
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        return 130
+    finally:
+        b.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
