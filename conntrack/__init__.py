@@ -29,7 +29,7 @@ from .errors import (
 from .features import KernelFeatures
 from .filter import Filter
 from .flow import Counters, Flow, FlowTuple
-from .table import Conntrack, DeleteResult
+from .table import Conntrack, DeleteResult, Summary
 
 __version__ = "0.1.0"
 
@@ -54,6 +54,7 @@ __all__ = [
     "Proto",
     "SCTPState",
     "Status",
+    "Summary",
     "TCPState",
     "Unsupported",
     "nfct_version",

@@ -318,6 +318,20 @@ class Socket:
         finally:
             sock.close()
 
+    def summary(self, family: int, kf: Any, uf: Any) -> Tuple[int, int, int, Dict[int, int], Dict[int, int]]:
+        """(total, unreplied, assured, by protocol number, TCP by state number) of one dump."""
+        sock = Socket(self._netns_fd)
+        try:
+            p = sock._p()
+            check(lib.ctpy_dump_start(p, family, kf), "dump")
+            out = ffi.new("struct ctpy_summary *")
+            check(lib.ctpy_dump_summary(p, uf, out), "dump")
+            protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
+            states = {k: int(out.tcp_states[k]) for k in range(32) if out.tcp_states[k]}
+            return int(out.total), int(out.unreplied), int(out.assured), protos, states
+        finally:
+            sock.close()
+
     # -- requests -------------------------------------------------------------
 
     def request(self, msg: int, flags: int, b: Batch, i: int, what: str) -> Optional[Batch]:

@@ -177,7 +177,6 @@ class ConntrackCollector:
                                                Dict[str, int], Dict[str, int]]:
         with Conntrack(netns) as ct:
             count, limit = ct.count(), ct.limit()
-            unreplied = ct.count(Filter(unreplied=True))
             totals: Dict[str, int] = {}
             for row in ct.stats():
                 for k, v in row.items():
@@ -186,28 +185,19 @@ class ConntrackCollector:
             by_proto: Dict[str, int] = {}
             by_state: Dict[str, int] = {}
             if self.breakdown:
-                by_proto, by_state = _breakdown(ct)
+                # one dump, counted in C: no Python object per entry
+                summary = ct.summary()
+                unreplied = summary.unreplied
+                by_proto = {p.name: summary.by_proto.get(p, 0) for p in (Proto.tcp, Proto.udp, Proto.icmp, Proto.icmpv6)}
+                by_proto.update({p.name: n for p, n in summary.by_proto.items()})
+                by_state = {s.name: summary.tcp_states.get(s, 0) for s in TCPState}
+            else:
+                unreplied = ct.count(Filter(unreplied=True))
         try:
             buckets: Optional[int] = sysctl.read(netns=netns).buckets
         except (OSError, ValueError):
             buckets = None
         return count, limit, buckets, unreplied, totals, by_proto, by_state
-
-
-def _breakdown(ct: Conntrack) -> Tuple[Dict[str, int], Dict[str, int]]:
-    """Entries by protocol and TCP entries by state, from one dump."""
-    by_proto: Dict[str, int] = {}
-    by_state: Dict[str, int] = {s.name: 0 for s in TCPState}
-    for f in ct.dump():
-        proto = f.proto
-        by_proto[proto.name] = by_proto.get(proto.name, 0) + 1
-        if proto == Proto.tcp:
-            state = f.state
-            name = state.name if state is not None else "NONE"
-            by_state[name] = by_state.get(name, 0) + 1
-    for p in (Proto.tcp, Proto.udp, Proto.icmp, Proto.icmpv6):
-        by_proto.setdefault(p.name, 0)
-    return by_proto, by_state
 
 
 # -- the command -----------------------------------------------------------------------

@@ -13,12 +13,28 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from . import _binding
-from .enums import Family, Status, parse_family, parse_status
+from .enums import Family, Proto, Status, TCPState, parse_family, parse_status
 from .errors import BulkDeleteError, ConntrackError, from_errno
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Flow, check_int, labels_to_bytes
 from .netns import NetnsSpec, resolve
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts over the matching entries, from one dump counted in C."""
+
+    total: int
+    """Entries that match."""
+    unreplied: int
+    """Of those, entries without a reply (no SEEN_REPLY)."""
+    assured: int
+    """Of those, ASSURED entries."""
+    by_proto: Dict[Proto, int]
+    """Entries per layer-4 protocol (protocols with none are left out)."""
+    tcp_states: Dict[TCPState, int]
+    """TCP entries per state (states with none are left out)."""
 
 
 @dataclass
@@ -141,6 +157,21 @@ class Conntrack:
             return self._sock.global_stats()[0]
         plan = self._plan(filter, family)
         return self._sock.count(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
+
+    def summary(self, filter: Optional[Filter] = None, *,
+                family: Union[str, int, Family, None] = None) -> Summary:
+        """Totals by protocol, TCP state and status from one dump, with no
+        Python object per entry (what a monitoring scrape needs)."""
+        plan = self._plan(filter, family)
+        total, unreplied, assured, protos, states = self._sock.summary(
+            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
+        tcp_states: Dict[TCPState, int] = {}
+        for value, n in states.items():
+            try:
+                tcp_states[TCPState(value)] = n
+            except ValueError:  # a state newer than this build's headers
+                continue
+        return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
 
     def get(self, flow: Optional[Flow] = None, **keywords: Any) -> Flow:
         """The current entry for a flow's original tuple (and zone).

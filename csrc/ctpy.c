@@ -725,6 +725,31 @@ int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
     return 0;
 }
 
+int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                      struct ctpy_summary *out)
+{
+    char pool[8192];
+
+    memset(out, 0, sizeof(*out));
+    while (s->dumping) {
+        struct ctpy_record r;
+        int n = dump_walk(s, uf, &r, 1, pool, sizeof(pool), NULL);
+        if (n < 0)
+            return n;
+        if (n == 0)
+            continue;
+        out->total++;
+        if (!(r.status & IPS_SEEN_REPLY))
+            out->unreplied++;
+        if (r.status & IPS_ASSURED)
+            out->assured++;
+        out->by_proto[r.orig.proto]++;
+        if (r.orig.proto == IPPROTO_TCP && (r.present & CTPY_HAS_STATE) && r.state < 32)
+            out->tcp_states[r.state]++;
+    }
+    return 0;
+}
+
 /* ---- request / acknowledge -------------------------------------------- */
 
 /* Receive until the acknowledgement for seq.  Conntrack messages that come

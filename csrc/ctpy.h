@@ -147,6 +147,15 @@ struct ctpy_batch_result {
     uint32_t first_failed;  /* index of the first failed record */
 };
 
+/* What one counting dump learns about the matching entries. */
+struct ctpy_summary {
+    uint64_t total;
+    uint64_t unreplied;     /* no SEEN_REPLY */
+    uint64_t assured;
+    uint64_t by_proto[256];
+    uint64_t tcp_states[32];
+};
+
 /* Per-CPU statistics (IPCTNL_MSG_CT_GET_STATS_CPU). */
 struct ctpy_cpu_stats {
     uint32_t cpu;
@@ -175,6 +184,8 @@ int ctpy_dump_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
 int ctpy_dump_done(const struct ctpy_sock *s);
 int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
                     uint64_t *count);
+int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                      struct ctpy_summary *out);
 
 int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                  const struct ctpy_record *r, const char *pool,

@@ -195,3 +195,25 @@ def test_states_and_statuses_are_typed(ns_ct):
     assert f.state is TCPState.TIME_WAIT
     assert isinstance(f.status, Status) and f.status & Status.SEEN_REPLY
     assert f.proto is Proto.tcp and not f.unreplied
+
+
+def test_summary_counts_in_c_match_a_python_count(ns_ct):
+    flows = []
+    for i in range(300):
+        if i % 3 == 0:
+            flows.append(Flow(proto="udp", src="10.0.0.1", dst="10.0.1.1", sport=i, dport=53, timeout=60))
+        elif i % 3 == 1:
+            flows.append(Flow(proto="tcp", src="10.0.0.1", dst="10.0.1.1", sport=i, dport=80, timeout=60,
+                              state="ESTABLISHED" if i % 2 else "SYN_SENT",
+                              status="SEEN_REPLY|ASSURED" if i % 2 else 0))
+        else:
+            flows.append(Flow(proto="icmp", src="10.0.0.1", dst="10.0.1.1", icmp_id=i, timeout=60))
+    ns_ct.create_many(flows)
+    s = ns_ct.summary()
+    dumped = list(ns_ct.dump())
+    assert s.total == len(dumped) == 300
+    assert s.unreplied == sum(f.unreplied for f in dumped)
+    assert s.assured == sum(f.assured for f in dumped)
+    assert s.by_proto == {Proto.udp: 100, Proto.tcp: 100, Proto.icmp: 100}
+    assert s.tcp_states == {TCPState.ESTABLISHED: 50, TCPState.SYN_SENT: 50}
+    assert ns_ct.summary(Filter(proto="tcp")).total == 100
