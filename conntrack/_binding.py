@@ -56,12 +56,19 @@ class Batch:
     read out of the record when asked for.
     """
 
-    __slots__ = ("recs", "pool", "n")
+    __slots__ = ("recs", "pool", "n", "size", "pool_size")
 
     def __init__(self, size: int = BATCH, pool: int = POOL) -> None:
         self.recs = ffi.new("struct ctpy_record[]", size)
         self.pool = ffi.new("char[]", pool)
         self.n = 0
+        self.size = size
+        self.pool_size = pool
+
+    def fill(self, p: Any, uf: Any) -> int:
+        """Let the C dump loop fill this batch; the number of records, or -errno."""
+        self.n = lib.ctpy_dump_next(p, uf, self.recs, self.size, self.pool, self.pool_size)
+        return self.n
 
     # -- reading -----------------------------------------------------------
 
@@ -299,7 +306,7 @@ class Socket:
             else:
                 while True:
                     b = Batch()
-                    b.n = check(lib.ctpy_dump_next(p, uf, b.recs, BATCH, b.pool, POOL), "dump")
+                    check(b.fill(p, uf), "dump")
                     if b.n:
                         yield b
                     if lib.ctpy_dump_done(p):
@@ -329,6 +336,22 @@ class Socket:
             protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
             states = {k: int(out.tcp_states[k]) for k in range(32) if out.tcp_states[k]}
             return int(out.total), int(out.unreplied), int(out.assured), protos, states
+        finally:
+            sock.close()
+
+    def crosscheck(self) -> Tuple[int, int, Optional[Tuple[Batch, Batch]]]:
+        """Dump the table parsing every entry twice: with the fast C parser and
+        with libnetfilter_conntrack's.  (checked, mismatched, first mismatch)."""
+        sock = Socket(self._netns_fd)
+        try:
+            p = sock._p()
+            check(lib.ctpy_dump_start(p, 0, ffi.NULL), "dump")
+            checked = ffi.new("uint64_t *")
+            bad = ffi.new("uint64_t *")
+            fast, ref = Batch(1, 16), Batch(1, 16)
+            check(lib.ctpy_dump_crosscheck(p, checked, bad, fast.recs, ref.recs), "dump")
+            fast.n = ref.n = 1
+            return int(checked[0]), int(bad[0]), ((fast, ref) if bad[0] else None)
         finally:
             sock.close()
 
@@ -384,8 +407,7 @@ def _prefetched(p: Any, uf: Any) -> Iterator[Batch]:
         try:
             while not stop.is_set():
                 b = Batch()
-                b.n = lib.ctpy_dump_next(p, uf, b.recs, BATCH, b.pool, POOL)
-                if b.n < 0:
+                if b.fill(p, uf) < 0:
                     q.put(from_errno(-b.n, "dump"))
                     return
                 if b.n:

@@ -136,12 +136,9 @@ def _tuple_text(t: FlowTuple) -> str:
     return " ".join(parts)
 
 
-def _tuple_from(values: _binding.TupleValues, reply_icmp_of: Optional[int] = None) -> FlowTuple:
+def _tuple_from(values: _binding.TupleValues) -> FlowTuple:
     family, proto, src, dst, sport, dport, itype, icode, iid, has_icmp, _zone = values
     if has_icmp:
-        if reply_icmp_of is not None:
-            table = _ICMP_REPLY if proto == Proto.icmp else _ICMPV6_REPLY
-            itype = table.get(reply_icmp_of, reply_icmp_of)
         return FlowTuple(_make_addr(family, src), _make_addr(family, dst), None, None, itype, icode, iid)
     if proto in _PORT_PROTOS:
         return FlowTuple(_make_addr(family, src), _make_addr(family, dst), sport, dport)
@@ -257,8 +254,9 @@ class Flow:
         b = _binding.single()
         b.set_tuple(0, "orig", (int(fam), int(p), s.packed, d.packed, orig_ports[0], orig_ports[1],
                                 icmp[0], icmp[1], icmp[2], has_icmp, None))
+        reply_type = (_ICMP_REPLY if p == Proto.icmp else _ICMPV6_REPLY).get(icmp[0], icmp[0])
         b.set_tuple(0, "reply", (int(fam), int(p), rs.packed, rd.packed, reply_ports[0], reply_ports[1],
-                                 0, icmp[1], icmp[2], has_icmp, None))
+                                 reply_type, icmp[1], icmp[2], has_icmp, None))
         b.set_fields(0, present, fields)
         if helper is not None:
             b.set_string(0, "helper", helper, 0)
@@ -302,9 +300,7 @@ class Flow:
     @property
     def reply(self) -> FlowTuple:
         """The reply direction (as answers are expected)."""
-        values = self._b.tuple(self._i, "reply")
-        orig_type = self._b.tuple_field(self._i, "orig", "icmp_type") if values[9] else None
-        return _tuple_from(values, reply_icmp_of=orig_type)
+        return _tuple_from(self._b.tuple(self._i, "reply"))
 
     @property
     def status(self) -> Status:

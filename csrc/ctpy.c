@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <endian.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <linux/netlink.h>
@@ -302,10 +303,8 @@ static void fill_record(const struct nf_conntrack *ct, struct ctpy_record *r,
     memset(r, 0, sizeof(*r));
     get_tuple(ct, 0, &r->orig);
     get_tuple(ct, 1, &r->reply);
-    if (r->reply.has_icmp) {
-        r->reply.icmp_type = 0; /* set in Python from the original type */
+    if (r->reply.has_icmp)
         r->reply.icmp_code = r->orig.icmp_code;
-    }
     if (nfct_attr_is_set(ct, ATTR_MASTER_L3PROTO) > 0) {
         get_tuple(ct, 2, &r->master);
         p |= CTPY_HAS_MASTER;
@@ -378,6 +377,234 @@ static void fill_record(const struct nf_conntrack *ct, struct ctpy_record *r,
         }
     }
     r->present = p;
+}
+
+/* ---- the fast parser ---------------------------------------------------
+ *
+ * The dump path reads ctnetlink attributes straight into a record: one pass,
+ * no allocation, no call per attribute.  libnetfilter_conntrack's generic
+ * parser (nfct_nlmsg_parse, used by fill_record above) spends about as long
+ * in userspace as the kernel spends producing the dump; this one a fraction
+ * of that.  ctpy_dump_crosscheck() compares the two on every entry of a live
+ * table, and the tests run it.
+ */
+
+#define A_OK(a, rem) ((rem) >= (int)sizeof(struct nlattr) && \
+                      (a)->nla_len >= sizeof(struct nlattr) && (int)(a)->nla_len <= (rem))
+#define A_NEXT(a, rem) ((rem) -= NLA_ALIGN((a)->nla_len), \
+                        (const struct nlattr *)((const char *)(a) + NLA_ALIGN((a)->nla_len)))
+#define A_TYPE(a) ((a)->nla_type & NLA_TYPE_MASK)
+#define A_DATA(a) ((const void *)((const char *)(a) + NLA_HDRLEN))
+#define A_LEN(a) ((int)(a)->nla_len - NLA_HDRLEN)
+#define A_FOR(a, parent, rem) \
+    for (rem = A_LEN(parent), a = (const struct nlattr *)A_DATA(parent); A_OK(a, rem); a = A_NEXT(a, rem))
+
+static uint8_t a_u8(const struct nlattr *a)
+{
+    return A_LEN(a) >= 1 ? *(const uint8_t *)A_DATA(a) : 0;
+}
+
+static uint16_t a_be16(const struct nlattr *a)
+{
+    uint16_t v = 0;
+    if (A_LEN(a) >= 2)
+        memcpy(&v, A_DATA(a), 2);
+    return ntohs(v);
+}
+
+static uint32_t a_be32(const struct nlattr *a)
+{
+    uint32_t v = 0;
+    if (A_LEN(a) >= 4)
+        memcpy(&v, A_DATA(a), 4);
+    return ntohl(v);
+}
+
+static uint64_t a_be64(const struct nlattr *a)
+{
+    uint64_t v = 0;
+    if (A_LEN(a) >= 8) {
+        memcpy(&v, A_DATA(a), 8);
+        return be64toh(v);
+    }
+    return a_be32(a);
+}
+
+static void a_addr(const struct nlattr *a, uint8_t *dst, int size)
+{
+    if (A_LEN(a) >= size)
+        memcpy(dst, A_DATA(a), (size_t)size);
+}
+
+static void fast_tuple(const struct nlattr *nest, uint8_t family,
+                       struct ctpy_tuple *t)
+{
+    const struct nlattr *a, *b;
+    int rem, rem2;
+
+    t->family = family;
+    A_FOR(a, nest, rem) {
+        switch (A_TYPE(a)) {
+        case CTA_TUPLE_IP:
+            A_FOR(b, a, rem2) {
+                switch (A_TYPE(b)) {
+                case CTA_IP_V4_SRC: a_addr(b, t->src, 4); break;
+                case CTA_IP_V4_DST: a_addr(b, t->dst, 4); break;
+                case CTA_IP_V6_SRC: a_addr(b, t->src, 16); break;
+                case CTA_IP_V6_DST: a_addr(b, t->dst, 16); break;
+                }
+            }
+            break;
+        case CTA_TUPLE_PROTO:
+            A_FOR(b, a, rem2) {
+                switch (A_TYPE(b)) {
+                case CTA_PROTO_NUM: t->proto = a_u8(b); break;
+                case CTA_PROTO_SRC_PORT: t->sport = a_be16(b); break;
+                case CTA_PROTO_DST_PORT: t->dport = a_be16(b); break;
+                case CTA_PROTO_ICMP_ID:
+                case CTA_PROTO_ICMPV6_ID: t->icmp_id = a_be16(b); t->has_icmp = 1; break;
+                case CTA_PROTO_ICMP_TYPE:
+                case CTA_PROTO_ICMPV6_TYPE: t->icmp_type = a_u8(b); t->has_icmp = 1; break;
+                case CTA_PROTO_ICMP_CODE:
+                case CTA_PROTO_ICMPV6_CODE: t->icmp_code = a_u8(b); t->has_icmp = 1; break;
+                }
+            }
+            break;
+        case CTA_TUPLE_ZONE:
+            t->zone = a_be16(a);
+            t->has_zone = 1;
+            break;
+        }
+    }
+}
+
+static void fast_counters(const struct nlattr *nest, uint64_t *c)
+{
+    const struct nlattr *a;
+    int rem;
+
+    A_FOR(a, nest, rem) {
+        switch (A_TYPE(a)) {
+        case CTA_COUNTERS_PACKETS: case CTA_COUNTERS32_PACKETS: c[0] = a_be64(a); break;
+        case CTA_COUNTERS_BYTES: case CTA_COUNTERS32_BYTES: c[1] = a_be64(a); break;
+        }
+    }
+}
+
+/* The first string attribute of type `type` inside nest, into the pool. */
+static int fast_string(const struct nlattr *nest, int type, char *pool,
+                       uint32_t *used, uint32_t *off, uint16_t *len)
+{
+    const struct nlattr *a;
+    int rem;
+
+    A_FOR(a, nest, rem) {
+        if (A_TYPE(a) == type && A_LEN(a) > 0) {
+            size_t n = strnlen(A_DATA(a), (size_t)A_LEN(a));
+            if (n > 0xffff)
+                n = 0xffff;
+            *off = *used;
+            memcpy(pool + *used, A_DATA(a), n);
+            *used += (uint32_t)n;
+            *len = (uint16_t)n;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void fast_protoinfo(const struct nlattr *nest, struct ctpy_record *r)
+{
+    const struct nlattr *a, *b;
+    int rem, rem2, want;
+
+    A_FOR(a, nest, rem) {
+        switch (A_TYPE(a)) {
+        case CTA_PROTOINFO_TCP: want = CTA_PROTOINFO_TCP_STATE; break;
+        case CTA_PROTOINFO_SCTP: want = CTA_PROTOINFO_SCTP_STATE; break;
+        case CTA_PROTOINFO_DCCP: want = CTA_PROTOINFO_DCCP_STATE; break;
+        default: continue;
+        }
+        A_FOR(b, a, rem2) {
+            if (A_TYPE(b) == want) {
+                r->state = a_u8(b);
+                r->present |= CTPY_HAS_STATE;
+            }
+        }
+    }
+}
+
+/* Parse one IPCTNL_MSG_CT_NEW message into r.  Strings go to pool; the
+ * caller made sure it has nlmsg_len bytes free. */
+static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
+                      char *pool, uint32_t *used)
+{
+    const struct nfgenmsg *nfh;
+    const struct nlattr *a;
+    int rem;
+    uint8_t family;
+    uint32_t p = 0;
+
+    if (nlh->nlmsg_len < NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(*nfh)))
+        return -1;
+    nfh = (const struct nfgenmsg *)NLMSG_DATA(nlh);
+    family = nfh->nfgen_family;
+    memset(r, 0, sizeof(*r));
+    rem = (int)nlh->nlmsg_len - NLMSG_HDRLEN - NLMSG_ALIGN(sizeof(*nfh));
+    for (a = (const struct nlattr *)((const char *)nfh + NLMSG_ALIGN(sizeof(*nfh)));
+         A_OK(a, rem); a = A_NEXT(a, rem)) {
+        switch (A_TYPE(a)) {
+        case CTA_TUPLE_ORIG: fast_tuple(a, family, &r->orig); p |= CTPY_HAS_ORIG; break;
+        case CTA_TUPLE_REPLY: fast_tuple(a, family, &r->reply); p |= CTPY_HAS_REPLY; break;
+        case CTA_TUPLE_MASTER: fast_tuple(a, family, &r->master); p |= CTPY_HAS_MASTER; break;
+        case CTA_STATUS: r->status = a_be32(a); p |= CTPY_HAS_STATUS; break;
+        case CTA_TIMEOUT: r->timeout = a_be32(a); p |= CTPY_HAS_TIMEOUT; break;
+        case CTA_MARK: r->mark = a_be32(a); p |= CTPY_HAS_MARK; break;
+        case CTA_ID: r->id = a_be32(a); p |= CTPY_HAS_ID; break;
+        case CTA_USE: r->use = a_be32(a); p |= CTPY_HAS_USE; break;
+        case CTA_ZONE: r->zone = a_be16(a); p |= CTPY_HAS_ZONE; break;
+        case CTA_PROTOINFO: r->present = p; fast_protoinfo(a, r); p = r->present; break;
+        case CTA_COUNTERS_ORIG: fast_counters(a, &r->counters[0]); p |= CTPY_HAS_COUNTERS; break;
+        case CTA_COUNTERS_REPLY: fast_counters(a, &r->counters[2]); p |= CTPY_HAS_COUNTERS; break;
+        case CTA_TIMESTAMP: {
+            const struct nlattr *b;
+            int rem2;
+            A_FOR(b, a, rem2) {
+                if (A_TYPE(b) == CTA_TIMESTAMP_START) {
+                    r->ts_start = a_be64(b);
+                    p |= CTPY_HAS_TS_START;
+                } else if (A_TYPE(b) == CTA_TIMESTAMP_STOP) {
+                    r->ts_stop = a_be64(b);
+                    p |= CTPY_HAS_TS_STOP;
+                }
+            }
+            break;
+        }
+        case CTA_LABELS:
+            memcpy(r->labels, A_DATA(a), A_LEN(a) < 16 ? (size_t)A_LEN(a) : 16);
+            p |= CTPY_HAS_LABELS;
+            break;
+        case CTA_HELP:
+            if (fast_string(a, CTA_HELP_NAME, pool, used, &r->helper_off, &r->helper_len))
+                p |= CTPY_HAS_HELPER;
+            break;
+        case CTA_SECCTX:
+            if (fast_string(a, CTA_SECCTX_NAME, pool, used, &r->secctx_off, &r->secctx_len))
+                p |= CTPY_HAS_SECCTX;
+            break;
+        }
+    }
+    if (!(p & CTPY_HAS_ZONE)) {
+        if (r->orig.has_zone) {
+            r->zone = r->orig.zone;
+            p |= CTPY_HAS_ZONE;
+        } else if (r->reply.has_zone) {
+            r->zone = r->reply.zone;
+            p |= CTPY_HAS_ZONE;
+        }
+    }
+    r->present = p;
+    return (p & CTPY_HAS_ORIG) ? 0 : -1;
 }
 
 /* Set on ct what the record says is present (for create/update/get/delete). */
@@ -632,7 +859,6 @@ static int dump_walk(struct ctpy_sock *s, const struct ctpy_filter *uf,
         return 0;
     while (!out || n < max) {
         struct nlmsghdr *nlh;
-        struct nf_conntrack *ct;
         struct ctpy_record *r;
         uint32_t before;
 
@@ -679,22 +905,15 @@ static int dump_walk(struct ctpy_sock *s, const struct ctpy_filter *uf,
                 return -ENOBUFS; /* cannot happen with a sane pool size */
             break;
         }
-        ct = nfct_new();
-        if (!ct)
-            return -ENOMEM;
         r = out ? &out[n] : &scratch;
         before = used;
-        if (nfct_nlmsg_parse(nlh, ct) >= 0) {
-            fill_record(ct, r, pool ? pool : NULL, &used);
-            if (ctpy_match(uf, r)) {
-                n++;
-                if (count)
-                    (*count)++;
-            } else {
-                used = before;
-            }
+        if (parse_fast(nlh, r, pool, &used) == 0 && ctpy_match(uf, r)) {
+            n++;
+            if (count)
+                (*count)++;
+        } else {
+            used = before;
         }
-        nfct_destroy(ct);
         s->off += NLMSG_ALIGN(nlh->nlmsg_len);
     }
     return n;
@@ -721,6 +940,73 @@ int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
         n = dump_walk(s, uf, &r, 1, pool, sizeof(pool), count);
         if (n < 0)
             return n;
+    }
+    return 0;
+}
+
+/* The same record from libnetfilter_conntrack's parser, normalised where it
+ * cannot know more: it keeps one ICMP type (the original's). */
+static int records_differ(const struct ctpy_record *fast, const char *fpool,
+                          struct ctpy_record *ref, const char *rpool)
+{
+    if (ref->reply.has_icmp)
+        ref->reply.icmp_type = fast->reply.icmp_type;
+    if (fast->helper_len != ref->helper_len || fast->secctx_len != ref->secctx_len ||
+        memcmp(fpool + fast->helper_off, rpool + ref->helper_off, fast->helper_len) ||
+        memcmp(fpool + fast->secctx_off, rpool + ref->secctx_off, fast->secctx_len))
+        return 1;
+    ref->helper_off = fast->helper_off;
+    ref->secctx_off = fast->secctx_off;
+    return memcmp(fast, ref, sizeof(*fast)) != 0;
+}
+
+int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
+                         uint64_t *mismatched, struct ctpy_record *first_fast,
+                         struct ctpy_record *first_ref)
+{
+    static char fpool[8192], rpool[8192];
+
+    *checked = *mismatched = 0;
+    while (s->dumping) {
+        struct nlmsghdr *nlh;
+        struct ctpy_record fast, ref;
+        struct nf_conntrack *ct;
+        uint32_t fused = 0, rused = 0;
+
+        if (s->off >= s->len) {
+            ssize_t got = recv_some(s);
+            if (got <= 0) {
+                s->dumping = 0;
+                return got < 0 ? (int)got : -EPIPE;
+            }
+        }
+        nlh = (struct nlmsghdr *)(s->buf + s->off);
+        if (!mnl_nlmsg_ok(nlh, (int)(s->len - s->off)))
+            return -EBADMSG;
+        s->off += NLMSG_ALIGN(nlh->nlmsg_len);
+        if (nlh->nlmsg_type == NLMSG_DONE || nlh->nlmsg_type == NLMSG_ERROR) {
+            s->dumping = 0;
+            s->done = 1;
+            break;
+        }
+        if (nlh->nlmsg_len > sizeof(fpool))
+            return -EMSGSIZE;
+        ct = nfct_new();
+        if (!ct)
+            return -ENOMEM;
+        memset(&ref, 0, sizeof(ref));
+        if (nfct_nlmsg_parse(nlh, ct) >= 0)
+            fill_record(ct, &ref, rpool, &rused);
+        nfct_destroy(ct);
+        parse_fast(nlh, &fast, fpool, &fused);
+        (*checked)++;
+        if (records_differ(&fast, fpool, &ref, rpool)) {
+            if (!*mismatched) {
+                *first_fast = fast;
+                *first_ref = ref;
+            }
+            (*mismatched)++;
+        }
     }
     return 0;
 }
@@ -779,15 +1065,9 @@ static int wait_ack(struct ctpy_sock *s, uint32_t seq, struct ctpy_record *out,
             if (nlh->nlmsg_type == NLMSG_DONE)
                 return stored;
             if (out && !stored && pool_size >= nlh->nlmsg_len) {
-                struct nf_conntrack *ct = nfct_new();
                 uint32_t used = 0;
-                if (!ct)
-                    return -ENOMEM;
-                if (nfct_nlmsg_parse(nlh, ct) >= 0) {
-                    fill_record(ct, out, pool, &used);
+                if (parse_fast(nlh, out, pool, &used) == 0)
                     stored = 1;
-                }
-                nfct_destroy(ct);
             }
         }
     }

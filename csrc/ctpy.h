@@ -186,6 +186,9 @@ int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
                     uint64_t *count);
 int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
                       struct ctpy_summary *out);
+int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
+                         uint64_t *mismatched, struct ctpy_record *first_fast,
+                         struct ctpy_record *first_ref);
 
 int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                  const struct ctpy_record *r, const char *pool,

@@ -13,21 +13,28 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from types import ModuleType
-from typing import List
+from typing import Dict, Iterator, List
 
 import pytest
 from helpers import TCP_PAIR, UDP_UNREPLIED, Netns
 
-from conntrack import Conntrack, Filter, Flow, KernelFeatures
+from conntrack import Conntrack, Filter, Flow, KernelFeatures, Proto, TCPState, sysctl
+from conntrack.errors import ReadOnlyInNamespace
+from conntrack.netns import run_in as run_in_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
 UNREPLIED = 300  # UDP to port 53, never answered
 REPLIED = 100  # TCP to port 443, ESTABLISHED and ASSURED
+HOST_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+HOST_DROPIN = Path("/etc/sysctl.d") / sysctl.DEFAULT_DROPIN
 
 
 def load(name: str) -> ModuleType:
@@ -144,6 +151,196 @@ def test_netns(netns, capsys):
         netns.name, UNREPLIED + REPLIED, UNREPLIED)
 
 
+# -- recipes.rst: conntrack.sysctl -------------------------------------------------
+
+
+@pytest.fixture
+def host_limit_untouched() -> Iterator[int]:
+    """The host's nf_conntrack_max (and sysctl.d) before a test; checked, and put back, after.
+
+    The examples that write are pointed at a temporary tree or run where the
+    kernel refuses the write, so nothing should change; if something did,
+    the original value is restored before the test fails.
+    """
+    before = int(HOST_MAX.read_text())
+    dropin_existed = HOST_DROPIN.exists()
+    yield before
+    after = int(HOST_MAX.read_text())
+    if after != before:
+        HOST_MAX.write_text("%d\n" % before)
+    assert after == before, "the host's nf_conntrack_max changed: %d -> %d (put back)" % (before, after)
+    assert HOST_DROPIN.exists() == dropin_existed, "%s was created" % HOST_DROPIN
+
+
+def fake_root(root: Path, limit: int = 262144, count: int = 3) -> Path:
+    """A stand-in for / with the files set_max and persist=True touch."""
+    d = root / "proc/sys/net/netfilter"
+    d.mkdir(parents=True)
+    for name, value in {"max": limit, "count": count, "buckets": 262144, "expect_max": 4096}.items():
+        (d / ("nf_conntrack_" + name)).write_text("%d\n" % value)
+    return root
+
+
+def test_sysctl_read_in_a_namespace(netns, capsys):
+    with Conntrack(netns.name) as ct:
+        populate(ct)
+    settings = load("sysctl_read").read_limits(netns.name)
+    assert settings.count == UNREPLIED + REPLIED  # this namespace's entries, not the host's
+    assert settings.max == int(HOST_MAX.read_text())  # the global limit
+    assert settings.timeouts["tcp_timeout_established"] > 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("%d of %d entries (" % (UNREPLIED + REPLIED, settings.max))
+    assert out[1].startswith("ESTABLISHED TCP entries expire after ")
+    assert out[2] == "%d entries free" % (settings.max - UNREPLIED - REPLIED)
+
+
+def test_raise_limit_and_persist_in_a_scratch_root(tmp_path, host_limit_untouched, capsys):
+    root = fake_root(tmp_path)
+    previous = load("raise_limit").raise_limit(524288, root=str(root))
+    assert previous == 262144
+    assert (root / "proc/sys/net/netfilter/nf_conntrack_max").read_text() == "524288\n"
+    dropin = root / "etc/sysctl.d/90-conntrack.conf"
+    assert "net.netfilter.nf_conntrack_max = 524288" in dropin.read_text().splitlines()
+    assert capsys.readouterr().out == "nf_conntrack_max: 262144 -> 524288, kept in %s\n" % dropin
+
+
+def test_raise_limit_never_lowers_it(tmp_path, host_limit_untouched, capsys):
+    root = fake_root(tmp_path, limit=1048576)
+    assert load("raise_limit").raise_limit(524288, root=str(root)) == 1048576
+    assert (root / "proc/sys/net/netfilter/nf_conntrack_max").read_text() == "1048576\n"
+    assert not (root / "etc/sysctl.d").exists()
+    assert capsys.readouterr().out == "nf_conntrack_max is already 1048576\n"
+
+
+def test_raise_limit_warns_on_proxmox(tmp_path, host_limit_untouched, capsys):
+    root = fake_root(tmp_path)
+    (root / "etc").mkdir()
+    (root / "etc/hostname").write_text("pve1\n")
+    host_fw = root / "etc/pve/nodes/pve1/host.fw"
+    host_fw.parent.mkdir(parents=True)
+    host_fw.write_text("[OPTIONS]\nnf_conntrack_max: 262144\n")
+    load("raise_limit").raise_limit(524288, root=str(root))
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("warning: this is a Proxmox VE host: pve-firewall restores nf_conntrack_max")
+    assert "`nf_conntrack_max: 524288` in the [OPTIONS] section of /etc/pve/nodes/pve1/host.fw" in out[1]
+    assert host_fw.read_text() == "[OPTIONS]\nnf_conntrack_max: 262144\n"  # Proxmox's file is not ours
+
+
+def test_raise_limit_warns_when_a_later_file_wins_at_boot(tmp_path, host_limit_untouched, capsys):
+    root = fake_root(tmp_path)
+    (root / "etc").mkdir()
+    (root / "etc/sysctl.conf").write_text("net.netfilter.nf_conntrack_max = 65536\n")
+    load("raise_limit").raise_limit(524288, root=str(root))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1].startswith("warning: %s also sets net.netfilter.nf_conntrack_max"
+                                               % (root / "etc/sysctl.conf"))
+
+
+def test_raise_limit_is_refused_outside_the_host_namespace(netns, host_limit_untouched):
+    assert not sysctl.is_init_netns(netns.name)  # else the kernel would take the write
+    new_max = host_limit_untouched + 1024  # always a raise, so the example tries to write
+    with pytest.raises(ReadOnlyInNamespace):
+        run_in_netns(netns.name, lambda: load("raise_limit").raise_limit(new_max))
+
+
+def test_raise_limit_script_outside_the_host_namespace(netns, host_limit_untouched):
+    proc = run_in(netns, "raise_limit.py", str(host_limit_untouched + 1024), check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("cannot: ") and "read-only in this network namespace" in proc.stderr
+
+
+# -- recipes.rst: monitoring ---------------------------------------------------------
+
+
+def test_health_check(ns_ct, capsys):
+    populate(ns_ct)
+    h = load("health_check").check(ns_ct, 0.2)
+    assert str(h.verdict) == "ok" and h.count == UNREPLIED + REPLIED and h.max == ns_ct.limit()
+    assert h.deltas == {"drop": 0, "early_drop": 0, "insert_failed": 0}
+    assert capsys.readouterr().out.startswith(
+        "ok: %.1f%% full (%d of %d entries); no drops in " % (100 * h.fill, UNREPLIED + REPLIED, h.max))
+
+
+def test_summary(ns_ct, capsys):
+    populate(ns_ct)
+    s = load("summary").summarize(ns_ct)
+    assert (s.total, s.unreplied, s.assured) == (UNREPLIED + REPLIED, UNREPLIED, REPLIED)
+    assert s.by_proto == {Proto.udp: UNREPLIED, Proto.tcp: REPLIED}
+    assert s.tcp_states == {TCPState.ESTABLISHED: REPLIED}
+    assert capsys.readouterr().out.splitlines() == [
+        "%d entries, %d UNREPLIED, %d ASSURED" % (UNREPLIED + REPLIED, UNREPLIED, REPLIED),
+        "%8d  udp" % UNREPLIED,
+        "%8d  tcp" % REPLIED,
+        "%8d  tcp ESTABLISHED" % REPLIED,
+        "%d to port 53, of which %d UNREPLIED" % (UNREPLIED, UNREPLIED),
+    ]
+
+
+@pytest.mark.tool
+def test_summary_agrees_with_conntrack_L(ns_ct):
+    need_cli()
+    populate(ns_ct)
+    ns_ct.create(Flow(proto="tcp", src="10.1.0.2", dst="10.9.0.2", sport=1, dport=443, timeout=600,
+                      state="SYN_SENT"))
+    s = ns_ct.summary()
+    by_proto: Dict[str, int] = {}
+    by_state: Dict[str, int] = {}
+    for line in ns_ct.ns.cli_lines("-L"):
+        fields = line.split()
+        by_proto[fields[0]] = by_proto.get(fields[0], 0) + 1
+        if fields[0] == "tcp":
+            by_state[fields[3]] = by_state.get(fields[3], 0) + 1
+    assert {p.name: n for p, n in s.by_proto.items()} == by_proto
+    assert {t.name: n for t, n in s.tcp_states.items()} == by_state
+
+
+def test_exporter_embedded(netns, capsys):
+    with Conntrack(netns.name) as ct:
+        populate(ct)
+        limit = ct.limit()
+    text = load("exporter_embed").metrics([netns.name])
+    label = '{netns="%s"}' % netns.name
+    assert "conntrack_nf_conntrack_entries_limit%s %r" % (label, float(limit)) in text
+    assert 'conntrack_nf_conntrack_tcp_entries_by_state{netns="%s",state="ESTABLISHED"} %r' % (
+        netns.name, float(REPLIED)) in text
+    assert capsys.readouterr().out.splitlines() == [
+        "conntrack_up%s 1.0" % label,
+        "conntrack_nf_conntrack_entries%s %r" % (label, float(UNREPLIED + REPLIED)),
+        "conntrack_nf_conntrack_unreplied_entries%s %r" % (label, float(UNREPLIED)),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_exporter_command(netns):
+    with Conntrack(netns.name) as ct:
+        populate(ct)
+    port = free_port()  # the page says --port 9466; any free one here
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "conntrack.exporter", "--port", str(port),
+                             "--address", "127.0.0.1", "--netns", netns.name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=30) as r:
+                    text = r.read().decode()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("exporter did not start: %s" % proc.communicate()[1]) from None
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert 'conntrack_nf_conntrack_entries{netns="%s"} %r' % (netns.name, float(UNREPLIED + REPLIED)) in text
+
+
 # -- flows.rst, cffi.rst ------------------------------------------------------
 
 
@@ -184,12 +381,15 @@ def test_explain_output_shown_in_filters_page(keywords, features):
 # -- every example as a script, the way a reader runs it ------------------------
 
 
-def run_in(ns: Netns, script: str, *args: str) -> str:
+def run_in(ns: Netns, script: str, *args: str, check: bool = True):
+    """Run an example inside *ns*; its stdout (or, with check=False, the finished process)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         ["ip", "netns", "exec", ns.name, sys.executable, str(EXAMPLES / script), *args],
         capture_output=True, text=True, env=env, timeout=60,
     )
+    if not check:
+        return proc
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -213,12 +413,35 @@ def test_quickstart_runs_and_matches_the_readme(netns):
 
 @pytest.mark.parametrize("script", [
     "table_usage.py", "drops.py", "list_all.py", "find_unreplied.py", "delete_unreplied.py",
-    "flow_lifecycle.py", "raw_cffi.py",
+    "flow_lifecycle.py", "raw_cffi.py", "sysctl_read.py", "summary.py", "exporter_embed.py",
 ])
 def test_example_runs_as_a_script(netns, script):
     with Conntrack(netns.name) as ct:
         populate(ct)
     assert run_in(netns, script)
+
+
+def test_health_check_runs_as_a_script(netns):
+    with Conntrack(netns.name) as ct:
+        populate(ct)
+    assert run_in(netns, "health_check.py", "0.2").startswith("ok: ")
+
+
+def test_sysctl_read_runs_as_a_script_on_a_named_namespace(netns):
+    with Conntrack(netns.name) as ct:
+        populate(ct)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "sysctl_read.py"), netns.name],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("%d of " % (UNREPLIED + REPLIED))
+
+
+def test_every_example_is_shown_and_nothing_is_in_progress():
+    pages = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.rst"))
+    for example in sorted(EXAMPLES.glob("*.py")):
+        assert ".. literalinclude:: examples/%s" % example.name in pages, example.name
+    assert "In progress" not in pages
 
 
 def test_netns_example_runs_as_a_script(netns):

@@ -1,0 +1,23 @@
+"""The Prometheus metrics of one or more namespaces, from inside your own program."""
+
+import sys
+from typing import Optional, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from conntrack.exporter import ConntrackCollector
+
+
+def metrics(namespaces: Sequence[Optional[str]] = (None,)) -> str:
+    registry = CollectorRegistry()  # or prometheus_client.REGISTRY, the default one
+    registry.register(ConntrackCollector(namespaces))  # reads the tables at every scrape
+    text = generate_latest(registry).decode()  # what GET /metrics would return
+    for line in text.splitlines():
+        if line.startswith(("conntrack_up{", "conntrack_nf_conntrack_entries{",
+                            "conntrack_nf_conntrack_unreplied_entries{")):
+            print(line)
+    return text
+
+
+if __name__ == "__main__":
+    metrics(sys.argv[1:] or [None])
