@@ -215,7 +215,7 @@ class Bench:
 
         def cli() -> Tuple[float, int]:
             # conntrack(8) has no status filter for "SEEN_REPLY not set" (-u takes only set bits;
-            # -u UNSET is rejected), so the CLI way is to list and count the [UNREPLIED] lines.
+            # -L -u UNSET is rejected), so the CLI way is to list and count the [UNREPLIED] lines.
             secs, proc = self.wall(self.exec_argv("sh", "-c", "conntrack -L 2>/dev/null | grep -c UNREPLIED"),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             return secs, int(proc.stdout.strip())
@@ -395,7 +395,7 @@ class Bench:
             " so both use one port)" % (", ".join("%s=%r" % kv for kv in ctbench.CIDR_FILTER_KW.items()),
                                         " ".join(ctbench.CIDR_CLI)))
         add("UNREPLIED count reference: conntrack(8) has no status filter for 'SEEN_REPLY not set' "
-            "(-u UNSET is refused), so the CLI lists and greps")
+            "(-L -u UNSET is refused), so the CLI lists and greps")
         add("reference timings are wall-clock of `ip netns exec NS ...` subprocesses; ours are in-process "
             "perf_counter; the raw floor and pyroute2 are timed inside their own process (startup excluded)")
         for v in self.notes.values():

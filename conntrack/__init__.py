@@ -27,7 +27,7 @@ from .errors import (
     Unsupported,
 )
 from .features import KernelFeatures
-from .filter import Filter
+from .filter import Filter, Plan
 from .flow import Counters, Flow, FlowTuple
 from .table import Conntrack, DeleteResult, Summary
 
@@ -51,6 +51,7 @@ __all__ = [
     "KernelFeatures",
     "NoPermission",
     "NotFound",
+    "Plan",
     "Proto",
     "SCTPState",
     "Status",

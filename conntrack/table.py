@@ -97,6 +97,7 @@ class Conntrack:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` has run."""
         return self._sock.closed
 
     def __enter__(self) -> Conntrack:
@@ -310,10 +311,10 @@ class Conntrack:
     def create_many(self, flows: Iterable[Flow], *, chunk: int = 4096) -> int:
         """Insert many new entries, many requests per system call.
 
-        Returns how many were created.  Stops with :class:`BulkDeleteError`'s
-        sibling, :class:`conntrack.ConntrackOSError`, at the first refusal
-        (after the chunk in flight), naming the flow; entries created before
-        it stay.
+        Returns how many were created.  At the first refusal it raises the
+        matching :class:`conntrack.ConntrackOSError` subclass (for example
+        :class:`conntrack.Exists`), naming the flow and how many were created;
+        the rest of that chunk is still sent, and entries created stay.
         """
         created = 0
         pending: List[Any] = []
