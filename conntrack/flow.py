@@ -117,6 +117,32 @@ def labels_to_bytes(value: Any, field: str = "labels") -> bytes:
     return bits.to_bytes(16, "little")
 
 
+def entry_fields(proto: Optional[Proto] = None, **values: Any) -> Tuple[int, Dict[str, Any]]:
+    """Checked record fields for the values given (None means not given),
+    with their ``CTPY_HAS_*`` bits: what create and update send."""
+    present = 0
+    fields: Dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name in ("timeout", "mark"):
+            fields[name] = check_int(value, name, 0, 0xFFFFFFFF)
+        elif name == "zone":
+            fields[name] = check_int(value, name, 0, 0xFFFF)
+        elif name == "status":
+            fields[name] = int(parse_status(value))
+        elif name == "state":
+            if proto is None:
+                raise ValueError("state: needs the flow's protocol")
+            fields[name] = int(parse_state(proto, value))
+        elif name == "labels":
+            fields[name] = labels_to_bytes(value)
+        else:
+            raise TypeError("unknown field %r" % name)
+        present |= _HAS[name]
+    return present, fields
+
+
 def _family_of(addr: IPAddress) -> Family:
     return Family.ipv4 if addr.version == 4 else Family.ipv6
 
@@ -226,26 +252,9 @@ class Flow:
         elif icmp_type is not None or icmp_code is not None or icmp_id is not None:
             raise ValueError("icmp_type/icmp_code/icmp_id: only for icmp and icmpv6")
 
-        fields: Dict[str, Any] = {}
-        present = _HAS["orig"] | _HAS["reply"]
-        if timeout is not None:
-            fields["timeout"] = check_int(timeout, "timeout", 0, 0xFFFFFFFF)
-            present |= _HAS["timeout"]
-        if mark is not None:
-            fields["mark"] = check_int(mark, "mark", 0, 0xFFFFFFFF)
-            present |= _HAS["mark"]
-        if zone is not None:
-            fields["zone"] = check_int(zone, "zone", 0, 0xFFFF)
-            present |= _HAS["zone"]
-        if status is not None:
-            fields["status"] = int(parse_status(status))
-            present |= _HAS["status"]
-        if state is not None:
-            fields["state"] = int(parse_state(p, state))
-            present |= _HAS["state"]
-        if labels is not None:
-            fields["labels"] = labels_to_bytes(labels)
-            present |= _HAS["labels"]
+        present, fields = entry_fields(
+            p, timeout=timeout, mark=mark, zone=zone, status=status, state=state, labels=labels)
+        present |= _HAS["orig"] | _HAS["reply"]
         if helper is not None:
             if not isinstance(helper, str) or not 0 < len(helper.encode()) < 16:
                 raise ValueError("helper: expected a helper name of 1..15 bytes, got %r" % (helper,))

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from . import _binding
-from .enums import Family, Proto, Status, TCPState, parse_family, parse_status
+from .enums import Family, Proto, Status, TCPState, parse_family
 from .errors import BulkDeleteError, ConntrackError, from_errno
 from .features import KernelFeatures
 from .filter import Filter, Plan
-from .flow import Flow, check_int, labels_to_bytes
+from .flow import Flow, entry_fields
 from .netns import NetnsSpec, resolve
 
 
@@ -212,21 +212,8 @@ class Conntrack:
         """
         if not isinstance(flow, Flow):
             raise TypeError("update: expected a Flow, got %r" % (flow,))
-        fields: Dict[str, Any] = {}
-        present = 0
+        present, fields = entry_fields(mark=mark, timeout=timeout, status=status, labels=labels)
         has = _binding.HAS
-        if mark is not None:
-            fields["mark"] = check_int(mark, "mark", 0, 0xFFFFFFFF)
-            present |= has["mark"]
-        if timeout is not None:
-            fields["timeout"] = check_int(timeout, "timeout", 0, 0xFFFFFFFF)
-            present |= has["timeout"]
-        if status is not None:
-            fields["status"] = int(parse_status(status))
-            present |= has["status"]
-        if labels is not None:
-            fields["labels"] = labels_to_bytes(labels)
-            present |= has["labels"]
         if not present:
             raise ValueError("update: give at least one of mark, timeout, status, labels")
         b = _binding.single()

@@ -1038,39 +1038,58 @@ int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
 
 /* ---- request / acknowledge -------------------------------------------- */
 
-/* Receive until the acknowledgement for seq.  Conntrack messages that come
- * first are parsed into out (one at most).  Returns the number of records
- * stored (0 or 1) or -errno. */
-static int wait_ack(struct ctpy_sock *s, uint32_t seq, struct ctpy_record *out,
-                    char *pool, uint32_t pool_size)
-{
-    int stored = 0;
+/* Send one request and receive until its end: the acknowledgement, an
+ * error, or NLMSG_DONE for a dump.  Every other reply to it goes to cb
+ * (when given).  Returns 0 or -errno. */
+typedef void (*reply_cb)(const struct nlmsghdr *nlh, void *data);
 
+static int exchange(struct ctpy_sock *s, const struct nlmsghdr *req,
+                    reply_cb cb, void *data)
+{
+    int err;
+
+    if (s->dumping)
+        return -EBUSY;
+    err = send_all(s, req, req->nlmsg_len);
+    if (err)
+        return err;
     for (;;) {
         ssize_t got = recv_some(s);
-        struct nlmsghdr *nlh;
+        const struct nlmsghdr *nlh;
         int len;
 
         if (got < 0)
             return (int)got;
         len = (int)got;
-        for (nlh = (struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
+        for (nlh = (const struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
              nlh = mnl_nlmsg_next(nlh, &len)) {
-            if (nlh->nlmsg_seq != seq)
-                continue;
-            if (nlh->nlmsg_type == NLMSG_ERROR) {
-                const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
-                return e->error ? e->error : stored;
-            }
+            if (nlh->nlmsg_seq != req->nlmsg_seq)
+                continue; /* stale: a reply to an abandoned request */
+            if (nlh->nlmsg_type == NLMSG_ERROR)
+                return ((const struct nlmsgerr *)mnl_nlmsg_get_payload(nlh))->error;
             if (nlh->nlmsg_type == NLMSG_DONE)
-                return stored;
-            if (out && !stored && pool_size >= nlh->nlmsg_len) {
-                uint32_t used = 0;
-                if (parse_fast(nlh, out, pool, &used) == 0)
-                    stored = 1;
-            }
+                return 0;
+            if (cb)
+                cb(nlh, data);
         }
     }
+}
+
+struct one_record {
+    struct ctpy_record *out;
+    char *pool;
+    uint32_t pool_size;
+    int stored;
+};
+
+static void keep_first_record(const struct nlmsghdr *nlh, void *data)
+{
+    struct one_record *o = data;
+    uint32_t used = 0;
+
+    if (o->out && !o->stored && o->pool_size >= nlh->nlmsg_len &&
+        parse_fast(nlh, o->out, o->pool, &used) == 0)
+        o->stored = 1;
 }
 
 int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
@@ -1079,18 +1098,14 @@ int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                  uint32_t out_pool_size)
 {
     char buf[CTPY_MSG_BUF];
-    uint32_t seq = ++s->seq;
+    struct one_record o = {out, out_pool, out_pool_size, 0};
     int len, err;
 
-    if (s->dumping)
-        return -EBUSY;
-    len = build_request(buf, msg, flags | NLM_F_ACK, r, pool, 1, seq);
+    len = build_request(buf, msg, flags | NLM_F_ACK, r, pool, 1, ++s->seq);
     if (len < 0)
         return len;
-    err = send_all(s, buf, (size_t)len);
-    if (err)
-        return err;
-    return wait_ack(s, seq, out, out_pool, out_pool_size);
+    err = exchange(s, (struct nlmsghdr *)buf, keep_first_record, &o);
+    return err < 0 ? err : o.stored;
 }
 
 int ctpy_flush(struct ctpy_sock *s, uint8_t family,
@@ -1098,20 +1113,12 @@ int ctpy_flush(struct ctpy_sock *s, uint8_t family,
 {
     char buf[CTPY_MSG_BUF];
     struct nlmsghdr *nlh;
-    uint32_t seq = ++s->seq;
-    int err;
 
-    if (s->dumping)
-        return -EBUSY;
     /* Version 1 makes the kernel honour the family; with version 0 (what
      * conntrack(8) sends) a flush of one family empties all of them. */
-    nlh = put_header(buf, IPCTNL_MSG_CT_DELETE, NLM_F_ACK, family, 1, seq);
+    nlh = put_header(buf, IPCTNL_MSG_CT_DELETE, NLM_F_ACK, family, 1, ++s->seq);
     put_kfilter(nlh, kf);
-    err = send_all(s, buf, nlh->nlmsg_len);
-    if (err)
-        return err;
-    err = wait_ack(s, seq, NULL, NULL, 0);
-    return err < 0 ? err : 0;
+    return exchange(s, nlh, NULL, NULL);
 }
 
 /* ---- batched requests (deletes, creates) --------------------------------------------------- */
@@ -1212,105 +1219,85 @@ static uint32_t attr_be32(const struct nlattr *a)
     return a ? ntohl(mnl_attr_get_u32(a)) : 0;
 }
 
+struct global_stats {
+    uint32_t *entries;
+    uint32_t *max_entries;
+    int seen;
+};
+
+static void keep_global_stats(const struct nlmsghdr *nlh, void *data)
+{
+    struct global_stats *g = data;
+    struct stats_ctx c;
+
+    if ((nlh->nlmsg_type & 0xff) != IPCTNL_MSG_CT_GET_STATS)
+        return;
+    memset(&c, 0, sizeof(c));
+    c.max = CTA_STATS_GLOBAL_MAX;
+    mnl_attr_parse(nlh, sizeof(struct nfgenmsg), stats_attr_cb, &c);
+    *g->entries = attr_be32(c.tb[CTA_STATS_GLOBAL_ENTRIES]);
+    *g->max_entries = attr_be32(c.tb[CTA_STATS_GLOBAL_MAX_ENTRIES]);
+    g->seen = 1;
+}
+
 int ctpy_global_stats(struct ctpy_sock *s, uint32_t *entries,
                       uint32_t *max_entries)
 {
     char buf[CTPY_MSG_BUF];
+    struct global_stats g = {entries, max_entries, 0};
     struct nlmsghdr *nlh;
-    uint32_t seq = ++s->seq;
-    int err, got_reply = 0;
+    int err;
 
-    if (s->dumping)
-        return -EBUSY;
-    nlh = put_header(buf, IPCTNL_MSG_CT_GET_STATS, NLM_F_ACK, AF_UNSPEC, 0, seq);
-    err = send_all(s, buf, nlh->nlmsg_len);
+    nlh = put_header(buf, IPCTNL_MSG_CT_GET_STATS, NLM_F_ACK, AF_UNSPEC, 0, ++s->seq);
+    err = exchange(s, nlh, keep_global_stats, &g);
     if (err)
         return err;
-    for (;;) {
-        ssize_t n = recv_some(s);
-        int len;
+    return g.seen ? 0 : -ENODATA;
+}
 
-        if (n < 0)
-            return (int)n;
-        len = (int)n;
-        for (nlh = (struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
-             nlh = mnl_nlmsg_next(nlh, &len)) {
-            if (nlh->nlmsg_seq != seq)
-                continue;
-            if (nlh->nlmsg_type == NLMSG_ERROR) {
-                const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
-                if (e->error)
-                    return e->error;
-                return got_reply ? 0 : -ENODATA;
-            }
-            if ((nlh->nlmsg_type & 0xff) == IPCTNL_MSG_CT_GET_STATS) {
-                struct stats_ctx c;
-                memset(&c, 0, sizeof(c));
-                c.max = CTA_STATS_GLOBAL_MAX;
-                mnl_attr_parse(nlh, sizeof(struct nfgenmsg), stats_attr_cb, &c);
-                *entries = attr_be32(c.tb[CTA_STATS_GLOBAL_ENTRIES]);
-                *max_entries = attr_be32(c.tb[CTA_STATS_GLOBAL_MAX_ENTRIES]);
-                got_reply = 1;
-            }
-        }
-    }
+struct cpu_stats {
+    struct ctpy_cpu_stats *out;
+    int max;
+    int n;
+};
+
+static void keep_cpu_stats(const struct nlmsghdr *nlh, void *data)
+{
+    struct cpu_stats *cs = data;
+    const struct nfgenmsg *nfh = mnl_nlmsg_get_payload(nlh);
+    struct ctpy_cpu_stats *o;
+    struct stats_ctx c;
+
+    if (cs->n >= cs->max)
+        return;
+    memset(&c, 0, sizeof(c));
+    c.max = CTA_STATS_MAX;
+    mnl_attr_parse(nlh, sizeof(*nfh), stats_attr_cb, &c);
+    o = &cs->out[cs->n++];
+    memset(o, 0, sizeof(*o));
+    o->cpu = ntohs(nfh->res_id);
+    o->found = attr_be32(c.tb[CTA_STATS_FOUND]);
+    o->invalid = attr_be32(c.tb[CTA_STATS_INVALID]);
+    o->insert = attr_be32(c.tb[CTA_STATS_INSERT]);
+    o->insert_failed = attr_be32(c.tb[CTA_STATS_INSERT_FAILED]);
+    o->drop = attr_be32(c.tb[CTA_STATS_DROP]);
+    o->early_drop = attr_be32(c.tb[CTA_STATS_EARLY_DROP]);
+    o->error = attr_be32(c.tb[CTA_STATS_ERROR]);
+    o->search_restart = attr_be32(c.tb[CTA_STATS_SEARCH_RESTART]);
+    o->clash_resolve = attr_be32(c.tb[CTA_STATS_CLASH_RESOLVE]);
+    o->chaintoolong = attr_be32(c.tb[CTA_STATS_CHAIN_TOOLONG]);
 }
 
 int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max)
 {
     char buf[CTPY_MSG_BUF];
+    struct cpu_stats cs = {out, max, 0};
     struct nlmsghdr *nlh;
-    uint32_t seq = ++s->seq;
-    int err, n = 0;
+    int err;
 
-    if (s->dumping)
-        return -EBUSY;
-    nlh = put_header(buf, IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP, AF_UNSPEC, 0, seq);
-    err = send_all(s, buf, nlh->nlmsg_len);
-    if (err)
-        return err;
-    for (;;) {
-        ssize_t got = recv_some(s);
-        int len;
-
-        if (got < 0)
-            return (int)got;
-        len = (int)got;
-        for (nlh = (struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
-             nlh = mnl_nlmsg_next(nlh, &len)) {
-            const struct nfgenmsg *nfh;
-            struct stats_ctx c;
-            struct ctpy_cpu_stats *o;
-
-            if (nlh->nlmsg_seq != seq)
-                continue;
-            if (nlh->nlmsg_type == NLMSG_DONE)
-                return n;
-            if (nlh->nlmsg_type == NLMSG_ERROR) {
-                const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
-                return e->error ? e->error : n;
-            }
-            if (n >= max)
-                continue;
-            nfh = mnl_nlmsg_get_payload(nlh);
-            memset(&c, 0, sizeof(c));
-            c.max = CTA_STATS_MAX;
-            mnl_attr_parse(nlh, sizeof(*nfh), stats_attr_cb, &c);
-            o = &out[n++];
-            memset(o, 0, sizeof(*o));
-            o->cpu = ntohs(nfh->res_id);
-            o->found = attr_be32(c.tb[CTA_STATS_FOUND]);
-            o->invalid = attr_be32(c.tb[CTA_STATS_INVALID]);
-            o->insert = attr_be32(c.tb[CTA_STATS_INSERT]);
-            o->insert_failed = attr_be32(c.tb[CTA_STATS_INSERT_FAILED]);
-            o->drop = attr_be32(c.tb[CTA_STATS_DROP]);
-            o->early_drop = attr_be32(c.tb[CTA_STATS_EARLY_DROP]);
-            o->error = attr_be32(c.tb[CTA_STATS_ERROR]);
-            o->search_restart = attr_be32(c.tb[CTA_STATS_SEARCH_RESTART]);
-            o->clash_resolve = attr_be32(c.tb[CTA_STATS_CLASH_RESOLVE]);
-            o->chaintoolong = attr_be32(c.tb[CTA_STATS_CHAIN_TOOLONG]);
-        }
-    }
+    nlh = put_header(buf, IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP, AF_UNSPEC, 0, ++s->seq);
+    err = exchange(s, nlh, keep_cpu_stats, &cs);
+    return err < 0 ? err : cs.n;
 }
 
 int ctpy_setns(int netns_fd)
