@@ -8,13 +8,14 @@ A handle is not safe to share between threads; open one per thread.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from . import _binding
 from .enums import Family, Proto, Status, TCPState, parse_family
-from .errors import BulkDeleteError, ConntrackError, from_errno
+from .errors import BulkDeleteError, ConntrackError, ConntrackOSError, from_errno
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Flow, entry_fields
@@ -207,7 +208,10 @@ class Conntrack:
         """Change an existing entry's mark, timeout, status bits or labels.
 
         Only the values given are sent.  Status bits can only be added (the
-        kernel refuses to clear SEEN_REPLY, ASSURED or CONFIRMED).
+        kernel refuses to clear SEEN_REPLY, ASSURED or CONFIRMED).  Labels
+        need connlabel storage in the namespace (a ruleset that uses
+        ``ct label``); without it the kernel refuses them (ENOSPC) and drops
+        them silently on create.
         Raises :class:`conntrack.NotFound` when the entry is gone.
         """
         if not isinstance(flow, Flow):
@@ -223,7 +227,13 @@ class Conntrack:
             fields["zone"] = flow.zone
             present |= has["zone"]
         b.set_fields(0, present | has["orig"], fields)
-        self._sock.request(_binding.MSG_NEW, 0, b, 0, "update")
+        try:
+            self._sock.request(_binding.MSG_NEW, 0, b, 0, "update")
+        except ConntrackOSError as exc:
+            if labels is not None and exc.errno == errno.ENOSPC:
+                raise from_errno(errno.ENOSPC, "update: labels: this network namespace keeps no "
+                                 "connlabels (load a ruleset that uses `ct label` first)") from None
+            raise
 
     def delete(
         self,

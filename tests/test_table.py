@@ -217,3 +217,25 @@ def test_summary_counts_in_c_match_a_python_count(ns_ct):
     assert s.by_proto == {Proto.udp: 100, Proto.tcp: 100, Proto.icmp: 100}
     assert s.tcp_states == {TCPState.ESTABLISHED: 50, TCPState.SYN_SENT: 50}
     assert ns_ct.summary(Filter(proto="tcp")).total == 100
+
+
+LABEL_RULES = "table inet lbl {\n chain c {\n  type filter hook output priority 0;\n  ct label set 3\n }\n}\n"
+
+
+def test_labels_round_trip_and_filter_when_the_namespace_keeps_them(ns_ct):
+    ns_ct.ns.exec("nft", "-f", "-", input=LABEL_RULES)  # a ruleset using ct label turns storage on
+    ns_ct.create(Flow(proto="udp", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2, timeout=60,
+                      labels={1, 5, 127}))
+    [f] = list(ns_ct.dump())
+    assert f.labels == frozenset({1, 5, 127})
+    ns_ct.update(f, labels={9})
+    assert ns_ct.get(f).labels == frozenset({9})
+    assert ns_ct.count(Filter(labels={9})) == 1 and ns_ct.count(Filter(labels={1})) == 0
+
+
+def test_labels_without_storage_give_a_clear_error(ns_ct):
+    ns_ct.create(Flow(proto="udp", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2, timeout=60))
+    [f] = list(ns_ct.dump())
+    with pytest.raises(conntrack.ConntrackOSError, match="ct label"):
+        ns_ct.update(f, labels={9})
+    assert ns_ct.get(f).labels == frozenset()
