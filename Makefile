@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack
-PY_PKGS  := cffi pytest hypothesis sphinx ruff mypy prometheus_client
+PY_PKGS  := "setuptools>=77" cffi pytest hypothesis sphinx ruff mypy prometheus_client
 
 .PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel compat-trixie clean
 
