@@ -20,6 +20,8 @@ from .errors import ConntrackError, from_errno
 BATCH = 2048
 #: Bytes of string pool per batch (helper names, security contexts).
 POOL = 64 * 1024
+#: Bytes for the one reply of a get (an entry's message, long security context included).
+REPLY_POOL = 16 * 1024
 #: Receive buffer asked for each socket (needs CAP_NET_ADMIN to exceed rmem_max).
 RCVBUF = 8 * 1024 * 1024
 
@@ -170,6 +172,7 @@ def gather(flows: List[Tuple[Batch, int]]) -> Batch:
     used = 0
     for k, (src, i) in enumerate(flows):
         b.recs[k] = src.recs[i]
+        b.recs[k].present &= ~lib.CTPY_HAS_SECCTX  # its string is in src's pool, and a request never sends it
         r = src.recs[i]
         if r.present & lib.CTPY_HAS_HELPER:
             b.set_string(k, "helper", src.string(i, "helper"), used)
@@ -299,20 +302,13 @@ class Socket:
         """Batches of matching records; each dump has its own socket."""
         sock = Socket(self._netns_fd)
         try:
-            p = sock._p()
-            check(lib.ctpy_dump_start(p, family, kf), "dump")
-            if prefetch:
-                yield from _prefetched(p, uf)
-            else:
-                while True:
-                    b = Batch()
-                    check(b.fill(p, uf), "dump")
-                    if b.n:
-                        yield b
-                    if lib.ctpy_dump_done(p):
-                        break
-        finally:
+            check(lib.ctpy_dump_start(sock._p(), family, kf), "dump")
+        except BaseException:
             sock.close()
+            raise
+        if prefetch:
+            return _prefetched(sock, uf)
+        return _sequential(sock, uf)
 
     def count(self, family: int, kf: Any, uf: Any) -> int:
         sock = Socket(self._netns_fd)
@@ -358,8 +354,8 @@ class Socket:
     # -- requests -------------------------------------------------------------
 
     def request(self, msg: int, flags: int, b: Batch, i: int, what: str) -> Optional[Batch]:
-        out = Batch(1, 4096)
-        rc = lib.ctpy_request(self._p(), msg, flags, b.recs + i, b.pool, out.recs, out.pool, 4096)
+        out = Batch(1, REPLY_POOL)
+        rc = lib.ctpy_request(self._p(), msg, flags, b.recs + i, b.pool, out.recs, out.pool, REPLY_POOL)
         check(rc, what)
         if rc == 0:
             return None
@@ -397,29 +393,60 @@ class Socket:
         return [{k: int(getattr(out[i], k)) for k in names} for i in range(n)]
 
 
-def _prefetched(p: Any, uf: Any) -> Iterator[Batch]:
+def _sequential(sock: Socket, uf: Any) -> Iterator[Batch]:
+    """The dump read in the caller's thread, one batch at a time."""
+    try:
+        p = sock._p()
+        while True:
+            b = Batch()
+            check(b.fill(p, uf), "dump")
+            if b.n:
+                yield b
+            if lib.ctpy_dump_done(p):
+                break
+    finally:
+        sock.close()
+
+
+def _prefetched(sock: Socket, uf: Any) -> Iterator[Batch]:
     """Run recv + parse in a second thread (cffi drops the GIL in C) while
-    the caller turns the previous batch into flows."""
+    the caller turns the previous batch into flows.
+
+    The worker owns the dump socket and closes it itself, so the socket is
+    never freed under a C call, however the caller's generator ends (closed,
+    interrupted, or collected on another thread).
+    """
     q: queue.Queue[Any] = queue.Queue(maxsize=4)
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
+            p = sock._p()
             while not stop.is_set():
                 b = Batch()
                 if b.fill(p, uf) < 0:
-                    q.put(from_errno(-b.n, "dump"))
+                    put(from_errno(-b.n, "dump"))
                     return
-                if b.n:
-                    q.put(b)
+                if b.n and not put(b):
+                    return
                 if lib.ctpy_dump_done(p):
                     break
-            q.put(None)
+            put(None)
         except BaseException as exc:  # handed to the consumer, never lost
-            q.put(exc)
+            put(exc)
+        finally:
+            sock.close()
 
-    t = threading.Thread(target=work, name="conntrack-dump", daemon=True)
-    t.start()
+    threading.Thread(target=work, name="conntrack-dump", daemon=True).start()
     try:
         while True:
             item = q.get()
@@ -429,16 +456,7 @@ def _prefetched(p: Any, uf: Any) -> Iterator[Batch]:
                 raise item
             yield item
     finally:
-        # Abandoned or finished: let the worker see the flag, and keep room
-        # in the queue so that it never blocks on a full one.
-        stop.set()
-        while t.is_alive():
-            try:
-                while True:
-                    q.get_nowait()
-            except queue.Empty:
-                pass
-            t.join(0.001)
+        stop.set()  # the worker notices within one batch and closes the socket
 
 
 def setns(fd: int) -> None:

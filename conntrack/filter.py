@@ -207,7 +207,8 @@ class Filter:
                 ktext.append("mark=%#x/%#x" % self.mark)
             else:
                 utext.append("mark")
-            flush_ok &= features.flush_mark
+            # a flush may rely only on what the kernel is actually sent
+            flush_ok &= features.flush_mark and "mark" in kernel
         status = self._status_mask()
         if status is not None:
             user["status"] = status
@@ -216,7 +217,7 @@ class Filter:
                 ktext.append("status=%#x/%#x" % status)
             else:
                 utext.append("status")
-            flush_ok &= features.flush_status
+            flush_ok &= features.flush_status and "status" in kernel
         if self.zone is not None:
             user["zone"] = self.zone
             if features.dump_zone:
@@ -224,12 +225,12 @@ class Filter:
                 ktext.append("zone=%d" % self.zone)
             else:
                 utext.append("zone")
-            flush_ok &= features.flush_zone
+            flush_ok &= features.flush_zone and "zone" in kernel
 
         # Exact tuple parts can go to the kernel (CTA_FILTER) when the family
         # is known; ranges, CIDRs and states are checked in C.
         tuple_ok = features.dump_tuple and self.family is not None
-        tuple_flush_ok = features.flush_tuple and self.family is not None
+        tuple_flush_ok = features.flush_tuple and tuple_ok  # the parts go out with the dump's CTA_FILTER
         addr_ok = self.family == Family.ipv4 or features.tuple_ipv6_addresses
         orig_flags = 0
         reply_flags = 0

@@ -223,7 +223,9 @@ class Conntrack:
         b = _binding.single()
         orig = flow._b.tuple(flow._i, "orig")
         b.set_tuple(0, "orig", orig)
-        if flow.zone and orig[10] is None:  # the zone is not inside the tuple
+        # CTA_ZONE only for a zone of both directions: a reply-only zone
+        # (zone-reply=N) is not part of the original tuple's lookup key
+        if flow.zone and orig[10] is None and flow._b.tuple(flow._i, "reply")[10] is None:
             fields["zone"] = flow.zone
             present |= has["zone"]
         b.set_fields(0, present | has["orig"], fields)
@@ -281,7 +283,12 @@ class Conntrack:
             return DeleteResult(deleted=max(before - after, 0), method="flush", exact=False)
         result = DeleteResult()
         for b in self._sock.dump(plan.family, kf, uf, prefetch=True):
-            deleted, vanished, failed, err, index = self._sock.batch(_binding.MSG_DELETE, 0, b, pin_id=True)
+            try:
+                deleted, vanished, failed, err, index = self._sock.batch(_binding.MSG_DELETE, 0, b, pin_id=True)
+            except OSError as broken:  # the socket failed part-way: say what was done
+                raise BulkDeleteError(
+                    "bulk delete stopped after %d deletions: %s" % (result.deleted, broken), result
+                ) from broken
             result.deleted += deleted
             result.vanished += vanished
             if failed:
@@ -310,8 +317,9 @@ class Conntrack:
 
         Returns how many were created.  At the first refusal it raises the
         matching :class:`conntrack.ConntrackOSError` subclass (for example
-        :class:`conntrack.Exists`), naming the flow and how many were created;
-        the rest of that chunk is still sent, and entries created stay.
+        :class:`conntrack.Exists`), naming the flow; the rest of that chunk
+        is still sent, entries created stay, and the exception's ``created``
+        attribute says how many there are.
         """
         created = 0
         pending: List[Any] = []
@@ -319,12 +327,18 @@ class Conntrack:
         def send() -> None:
             nonlocal created
             b = _binding.gather(pending)
-            done, _vanished, failed, err, index = self._sock.batch(
-                _binding.MSG_NEW, _binding.F_CREATE_EXCL, b, pin_id=False)
-            created += done
             pending.clear()
+            try:
+                done, _vanished, failed, err, index = self._sock.batch(
+                    _binding.MSG_NEW, _binding.F_CREATE_EXCL, b, pin_id=False)
+            except OSError as exc:
+                exc.created = created  # type: ignore[attr-defined]
+                raise
+            created += done
             if failed:
-                raise from_errno(err, "create of %s (after %d created)" % (Flow._from_batch(b, index), created))
+                refusal = from_errno(err, "create of %s (after %d created)" % (Flow._from_batch(b, index), created))
+                refusal.created = created  # type: ignore[attr-defined]
+                raise refusal
 
         for f in flows:
             if not isinstance(f, Flow):

@@ -54,7 +54,12 @@ struct ctpy_sock {
     char *buf;
     size_t len;
     size_t off;
+    int max_inflight;       /* requests per sendmsg whose acks fit rcvbuf */
 };
+
+/* What one queued acknowledgement costs in sk_rmem_alloc (skb truesize of
+ * a 36-byte NLMSG_ERROR is ~768 bytes; keep a margin). */
+#define CTPY_ACK_TRUESIZE 1024
 
 /* ---- sockets ------------------------------------------------------- */
 
@@ -137,6 +142,16 @@ struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err)
     if (getsockname(fd, (struct sockaddr *)&sa, &salen) == 0)
         s->portid = sa.nl_pid;
     s->fd = fd;
+    {
+        int rb = 0;
+        socklen_t rl = sizeof(rb);
+        if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rb, &rl) < 0 || rb <= 0)
+            rb = 212992;
+        /* half the buffer, so replies queued meanwhile never tip it over */
+        s->max_inflight = rb / 2 / CTPY_ACK_TRUESIZE;
+        if (s->max_inflight < 1)
+            s->max_inflight = 1;
+    }
     s->seq = (uint32_t)getpid() ^ (uint32_t)(uintptr_t)s;
     s->done = 1;
     return s;
@@ -180,6 +195,17 @@ static ssize_t recv_some(struct ctpy_sock *s)
     s->len = (size_t)n;
     s->off = 0;
     return n;
+}
+
+/* After a receive error (ENOBUFS: replies were dropped) the queue still
+ * holds stale replies and the socket stays congested: the kernel then drops
+ * further replies without reporting it, and the next exchange waits
+ * forever.  Empty the queue so the socket is usable again. */
+static void drain(struct ctpy_sock *s)
+{
+    while (recv(s->fd, s->buf, CTPY_RECV_BUF, MSG_DONTWAIT) > 0 || errno == EINTR)
+        ;
+    s->len = s->off = 0;
 }
 
 static struct nlmsghdr *put_header(char *buf, uint8_t msg, uint16_t flags,
@@ -901,8 +927,11 @@ static int dump_walk(struct ctpy_sock *s, const struct ctpy_filter *uf,
             break;
         }
         if (out && pool_size - used < nlh->nlmsg_len) {
-            if (n == 0)
-                return -ENOBUFS; /* cannot happen with a sane pool size */
+            if (n == 0) {
+                s->dumping = 0; /* cannot happen with a sane pool size */
+                s->done = 1;
+                return -ENOBUFS;
+            }
             break;
         }
         r = out ? &out[n] : &scratch;
@@ -960,11 +989,18 @@ static int records_differ(const struct ctpy_record *fast, const char *fpool,
     return memcmp(fast, ref, sizeof(*fast)) != 0;
 }
 
+static int crosscheck_end(struct ctpy_sock *s, int err)
+{
+    s->dumping = 0;
+    s->done = 1;
+    return err;
+}
+
 int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
                          uint64_t *mismatched, struct ctpy_record *first_fast,
                          struct ctpy_record *first_ref)
 {
-    static char fpool[8192], rpool[8192];
+    char fpool[8192], rpool[8192]; /* per call: callers may run in parallel */
 
     *checked = *mismatched = 0;
     while (s->dumping) {
@@ -975,25 +1011,24 @@ int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
 
         if (s->off >= s->len) {
             ssize_t got = recv_some(s);
-            if (got <= 0) {
-                s->dumping = 0;
-                return got < 0 ? (int)got : -EPIPE;
-            }
+            if (got <= 0)
+                return crosscheck_end(s, got < 0 ? (int)got : -EPIPE);
         }
         nlh = (struct nlmsghdr *)(s->buf + s->off);
         if (!mnl_nlmsg_ok(nlh, (int)(s->len - s->off)))
-            return -EBADMSG;
+            return crosscheck_end(s, -EBADMSG);
         s->off += NLMSG_ALIGN(nlh->nlmsg_len);
-        if (nlh->nlmsg_type == NLMSG_DONE || nlh->nlmsg_type == NLMSG_ERROR) {
-            s->dumping = 0;
-            s->done = 1;
-            break;
-        }
+        if (nlh->nlmsg_seq != s->dump_seq)
+            continue;
+        if (nlh->nlmsg_type == NLMSG_DONE)
+            return crosscheck_end(s, 0);
+        if (nlh->nlmsg_type == NLMSG_ERROR)
+            return crosscheck_end(s, ((const struct nlmsgerr *)mnl_nlmsg_get_payload(nlh))->error);
         if (nlh->nlmsg_len > sizeof(fpool))
-            return -EMSGSIZE;
+            return crosscheck_end(s, -EMSGSIZE);
         ct = nfct_new();
         if (!ct)
-            return -ENOMEM;
+            return crosscheck_end(s, -ENOMEM);
         memset(&ref, 0, sizeof(ref));
         if (nfct_nlmsg_parse(nlh, ct) >= 0)
             fill_record(ct, &ref, rpool, &rused);
@@ -1058,8 +1093,10 @@ static int exchange(struct ctpy_sock *s, const struct nlmsghdr *req,
         const struct nlmsghdr *nlh;
         int len;
 
-        if (got < 0)
+        if (got < 0) {
+            drain(s);
             return (int)got;
+        }
         len = (int)got;
         for (nlh = (const struct nlmsghdr *)s->buf; mnl_nlmsg_ok(nlh, len);
              nlh = mnl_nlmsg_next(nlh, &len)) {
@@ -1144,7 +1181,8 @@ int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
         /* Many requests in one sendmsg; the kernel handles them in order
          * and acknowledges each.  A chunk is small enough that its
          * acknowledgements fit the receive buffer. */
-        while (i < n && CTPY_SEND_CHUNK - used >= CTPY_MSG_BUF) {
+        while (i < n && i - start < s->max_inflight &&
+               CTPY_SEND_CHUNK - used >= CTPY_MSG_BUF) {
             int len = build_request(chunk + used, msg, flags | NLM_F_ACK,
                                     &recs[i], pool, pin_id, ++s->seq);
             if (len < 0) {
@@ -1166,6 +1204,7 @@ int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
             int len;
 
             if (got < 0) {
+                drain(s);
                 free(chunk);
                 return (int)got;
             }

@@ -239,3 +239,59 @@ def test_labels_without_storage_give_a_clear_error(ns_ct):
     with pytest.raises(conntrack.ConntrackOSError, match="ct label"):
         ns_ct.update(f, labels={9})
     assert ns_ct.get(f).labels == frozenset()
+
+
+def test_batches_fit_a_small_receive_buffer(ns_ct, monkeypatch):
+    # What a caller without CAP_NET_ADMIN in the initial namespace gets (rmem_max):
+    # the batches must shrink so that every acknowledgement fits.
+    monkeypatch.setattr(conntrack._binding, "RCVBUF", 65536)
+    with conntrack.Conntrack(ns_ct.ns.name) as small:
+        flows = [Flow(proto="udp", src="10.0.%d.%d" % (i // 250, i % 250 + 1), dst="10.9.0.1",
+                      sport=1000 + i, dport=53, timeout=300) for i in range(6000)]
+        assert small.create_many(flows) == 6000
+        result = small.delete(Filter(proto="udp", dport=(53, 54)))  # a range: dump + batched deletes
+        assert (result.method, result.deleted) == ("batch", 6000)
+        assert small.count() == 0  # and the handle still answers
+
+
+def test_a_flush_never_goes_out_without_the_filter_it_relies_on(ns_ct):
+    # flush features without the matching dump features: the zone part would
+    # not be sent, so a flush would empty the table; it must take the batch way
+    odd = conntrack.KernelFeatures(flush_zone=True, flush_mark=True, flush_status=True, flush_tuple=True)
+    for zone in (0, 5):
+        ns_ct.create(Flow(proto="udp", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2, timeout=60, zone=zone))
+    with conntrack.Conntrack(ns_ct.ns.name, features=odd) as ct:
+        for flt in (Filter(zone=5), Filter(mark=1), Filter(unreplied=False), Filter(family="ipv4", proto="tcp")):
+            assert not flt.compile(odd).flush_ok
+        result = ct.delete(Filter(zone=5))
+    assert result.method == "batch" and result.deleted == 1
+    assert [f.zone for f in ns_ct.dump()] == [0]
+
+
+def test_update_of_an_entry_with_a_reply_only_zone(ns_ct):
+    ns_ct.ns.cli("-I", "-p", "udp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--sport", "1", "--dport", "2",
+                 "-t", "60", "--reply-zone", "5")
+    [f] = list(ns_ct.dump())
+    assert f.zone == 5 and f.orig
+    ns_ct.update(f, mark=7)
+    assert ns_ct.get(f).mark == 7
+
+
+def test_abandoned_dumps_release_their_thread_and_socket(ns_ct):
+    import gc
+    import threading
+    import time
+
+    ns_ct.create_many(Flow(proto="udp", src="10.0.%d.%d" % (i // 250, i % 250 + 1), dst="10.9.0.1",
+                           sport=1, dport=53, timeout=300) for i in range(5000))
+    before = threading.active_count()
+    for _ in range(5):
+        it = ns_ct.dump()
+        next(it)
+        del it  # not closed: left to the garbage collector
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
+    assert ns_ct.count() == 5000
