@@ -305,6 +305,32 @@ class Bench:
         log("    list(ct.dump()): RSS growth %.0f MiB = %.0f bytes per Flow"
             % (self.memory["list_growth"], self.memory["list_bytes_per_flow"]))
 
+    # -- 6. monitoring scrape --------------------------------------------------------------
+
+    def bench_scrape(self) -> None:
+        """What one Prometheus scrape of this table costs (read-only)."""
+        assert self.ns is not None
+        try:
+            from conntrack.exporter import ConntrackCollector
+            ConntrackCollector(netns=[self.ns.name])
+        except Exception as exc:  # prometheus_client missing: say so, measure the rest
+            self.notes["scrape"] = "exporter scrape not measured: %s" % exc
+            log("6. " + self.notes["scrape"])
+            return
+        log("6. one exporter scrape (entries, limit, per-CPU stats, UNREPLIED, by protocol and TCP state)")
+        for name, breakdown in (("scrape: exporter, full", True), ("scrape: exporter, --no-breakdown", False)):
+            collector = ConntrackCollector(netns=[self.ns.name], breakdown=breakdown)
+
+            def scrape(c: Any = collector) -> Tuple[float, int]:
+                t0 = time.perf_counter()
+                samples = sum(len(m.samples) for m in c.collect())
+                return time.perf_counter() - t0, samples
+            self.best(name, scrape)
+        argv = ["sh", "-c", "ip netns exec %s conntrack -C && ip netns exec %s conntrack -S >/dev/null"
+                % (self.ns.name, self.ns.name)]
+        self.best("scrape: conntrack -C && conntrack -S (entries and stats only)",
+                  lambda: (self.wall(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)[0], 0))
+
     # -- 5. buckets -------------------------------------------------------------------------
 
     def bench_buckets(self) -> None:
@@ -461,6 +487,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         b.bench_count()
         b.bench_delete()
         b.bench_memory()
+        b.bench_scrape()
         if not args.no_buckets:
             b.bench_buckets()
         report = b.report()
