@@ -80,6 +80,13 @@ def main() -> int:
 
             count, limit = ct.count(), ct.limit()
             print("\ntable usage: %d of %d entries (%.2f%% full)" % (count, limit, 100.0 * count / limit))
+            limits = conntrack.sysctl.read(netns=ns)  # /proc/sys as the namespace sees it
+            print("limits: nf_conntrack_max=%d, buckets=%d, nf_conntrack_count=%d, "
+                  "udp timeout %d s, tcp established %d s"
+                  % (limits.max, limits.buckets, limits.count, limits.timeouts["udp_timeout"],
+                     limits.timeouts["tcp_timeout_established"]))
+            print("health: %s" % conntrack.health.health(ct))
+            print("by protocol: %s" % ", ".join("%s=%d" % (p.name, n) for p, n in ct.summary().by_proto.items()))
 
             print("\nreal traffic, as conntrack -L prints it:")
             for flow in ct.dump(Filter(src="127.0.0.1")):
