@@ -26,6 +26,7 @@ from .errors import (
     NotFound,
     Unsupported,
 )
+from .events import Event, EventType
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Counters, Flow, FlowTuple
@@ -43,6 +44,8 @@ __all__ = [
     "Counters",
     "DCCPState",
     "DeleteResult",
+    "Event",
+    "EventType",
     "Exists",
     "Family",
     "Filter",

@@ -393,6 +393,39 @@ class Socket:
         return [{k: int(getattr(out[i], k)) for k in names} for i in range(n)]
 
 
+class EventSocket:
+    """A socket subscribed to conntrack events, with a large receive buffer."""
+
+    def __init__(self, netns_fd: Optional[int], types: int, rcvbuf: int) -> None:
+        err = ffi.new("int *")
+        ptr = lib.ctpy_open(-1 if netns_fd is None else netns_fd, rcvbuf, err)
+        if ptr == ffi.NULL:
+            raise from_errno(err[0] if err[0] > 0 else 5, "cannot open a ctnetlink event socket")
+        self._ptr = ffi.gc(ptr, lib.ctpy_close)
+        self._overflows = ffi.new("uint32_t *")
+        check(lib.ctpy_events_subscribe(self._ptr, types), "subscribe to conntrack events")
+
+    def next(self, uf: Any, timeout_ms: int) -> Tuple[Batch, List[int], int]:
+        """A batch of matching events (maybe empty), their types, and overflows since the last call."""
+        b = Batch(256, 64 * 1024)
+        types = ffi.new("uint8_t[]", 256)
+        self._overflows[0] = 0
+        b.n = check(lib.ctpy_events_next(self._ptr, uf, b.recs, types, 256, b.pool, b.pool_size,
+                                         timeout_ms, self._overflows), "events")
+        return b, [int(types[i]) for i in range(b.n)], int(self._overflows[0])
+
+    def close(self) -> None:
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            ffi.release(ptr)
+
+
+EV_NEW = lib.CTPY_EV_NEW
+EV_UPDATE = lib.CTPY_EV_UPDATE
+EV_DESTROY = lib.CTPY_EV_DESTROY
+EV_OVERFLOW = lib.CTPY_EV_OVERFLOW
+
+
 def _sequential(sock: Socket, uf: Any) -> Iterator[Batch]:
     """The dump read in the caller's thread, one batch at a time."""
     try:

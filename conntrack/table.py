@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 from . import _binding
 from .enums import Family, Proto, Status, TCPState, parse_family
 from .errors import BulkDeleteError, ConntrackError, ConntrackOSError, from_errno
+from .events import ALL as ALL_EVENTS
+from .events import DEFAULT_RCVBUF, Event, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Flow, entry_fields
@@ -147,6 +149,28 @@ class Conntrack:
                 f._i = i
                 if where is None or where(f):
                     yield f
+
+    def events(
+        self,
+        filter: Optional[Filter] = None,
+        *,
+        types: EventType = ALL_EVENTS,
+        family: Union[str, int, Family, None] = None,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        idle_timeout: Optional[float] = None,
+    ) -> Iterator[Event]:
+        """Follow the table's events (``conntrack -E``): :class:`~conntrack.events.Event`
+        objects for NEW, UPDATE and DESTROY, filtered in C before Python sees them.
+
+        The stream has its own socket (receive buffer ``rcvbuf``, forced with
+        CAP_NET_ADMIN).  When the kernel drops events anyway it yields an
+        ``EventType.OVERFLOW`` event and goes on; re-dump for a whole view.
+        It ends after ``idle_timeout`` seconds without events (never by
+        default) or when you stop iterating.
+        """
+        self._sock._p()
+        plan = self._plan(filter, family)
+        return listen(self._netns_fd, plan, types, rcvbuf, idle_timeout)
 
     def count(self, filter: Optional[Filter] = None, *, family: Union[str, int, Family, None] = None) -> int:
         """Number of entries; with a filter, the number that match.

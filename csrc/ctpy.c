@@ -15,6 +15,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1337,6 +1338,100 @@ int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max)
     nlh = put_header(buf, IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP, AF_UNSPEC, 0, ++s->seq);
     err = exchange(s, nlh, keep_cpu_stats, &cs);
     return err < 0 ? err : cs.n;
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+int ctpy_events_subscribe(struct ctpy_sock *s, uint32_t types)
+{
+    static const struct { uint32_t type; int group; } groups[] = {
+        {CTPY_EV_NEW, NFNLGRP_CONNTRACK_NEW},
+        {CTPY_EV_UPDATE, NFNLGRP_CONNTRACK_UPDATE},
+        {CTPY_EV_DESTROY, NFNLGRP_CONNTRACK_DESTROY},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(groups) / sizeof(groups[0]); i++) {
+        int g = groups[i].group;
+        if (!(types & groups[i].type))
+            continue;
+        if (setsockopt(s->fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &g, sizeof(g)) < 0)
+            return -errno;
+    }
+    s->len = s->off = 0;
+    return 0;
+}
+
+static uint8_t event_type(const struct nlmsghdr *nlh)
+{
+    if ((nlh->nlmsg_type & 0xff) == IPCTNL_MSG_CT_DELETE)
+        return CTPY_EV_DESTROY;
+    if (nlh->nlmsg_flags & (NLM_F_CREATE | NLM_F_EXCL))
+        return CTPY_EV_NEW;
+    return CTPY_EV_UPDATE;
+}
+
+/* Up to max events that match uf.  Waits up to timeout_ms (-1: forever)
+ * for the first one, then takes what is already queued.  A full receive
+ * buffer (the kernel dropped events) counts in *overflows; the socket
+ * stays usable.  Returns the number of events or -errno. */
+int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                     struct ctpy_record *out, uint8_t *types, int max,
+                     char *pool, uint32_t pool_size, int timeout_ms,
+                     uint32_t *overflows)
+{
+    uint32_t used = 0;
+    int n = 0;
+
+    while (n < max) {
+        const struct nlmsghdr *nlh;
+
+        if (s->off >= s->len) {
+            ssize_t got;
+            {
+                /* a signal (EINTR) returns to Python, which can handle it */
+                struct pollfd pfd = {s->fd, POLLIN, 0};
+                int ready = poll(&pfd, 1, n > 0 ? 0 : timeout_ms);
+                if (ready < 0 && errno != EINTR)
+                    return -errno;
+                if (ready <= 0)
+                    break;
+            }
+            got = recv(s->fd, s->buf, CTPY_RECV_BUF, MSG_DONTWAIT);
+            if (got < 0) {
+                if (errno == ENOBUFS) {
+                    (*overflows)++;
+                    continue;
+                }
+                if (errno == EAGAIN || errno == EINTR)
+                    continue;
+                return -errno;
+            }
+            s->len = (size_t)got;
+            s->off = 0;
+        }
+        nlh = (const struct nlmsghdr *)(s->buf + s->off);
+        if (!mnl_nlmsg_ok(nlh, (int)(s->len - s->off))) {
+            s->len = s->off = 0;
+            return -EBADMSG;
+        }
+        if (pool_size - used < nlh->nlmsg_len && n > 0)
+            break;
+        s->off += NLMSG_ALIGN(nlh->nlmsg_len);
+        if (nlh->nlmsg_type == NLMSG_ERROR || nlh->nlmsg_type == NLMSG_DONE ||
+            pool_size - used < nlh->nlmsg_len)
+            continue;
+        {
+            uint32_t before = used;
+            if (parse_fast(nlh, &out[n], pool, &used) == 0 && ctpy_match(uf, &out[n])) {
+                types[n] = event_type(nlh);
+                n++;
+            } else {
+                used = before;
+            }
+        }
+    }
+    return n;
 }
 
 int ctpy_setns(int netns_fd)

@@ -171,6 +171,12 @@ struct ctpy_cpu_stats {
     uint32_t chaintoolong;
 };
 
+/* Event types (ctpy_events_next fills one per record). */
+#define CTPY_EV_NEW      0x1
+#define CTPY_EV_UPDATE   0x2
+#define CTPY_EV_DESTROY  0x4
+#define CTPY_EV_OVERFLOW 0x80   /* not a kernel event: events were lost */
+
 struct ctpy_sock;
 
 struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err);
@@ -205,5 +211,10 @@ int ctpy_global_stats(struct ctpy_sock *s, uint32_t *entries,
 int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max);
 
 int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r);
+int ctpy_events_subscribe(struct ctpy_sock *s, uint32_t types);
+int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                     struct ctpy_record *out, uint8_t *types, int max,
+                     char *pool, uint32_t pool_size, int timeout_ms,
+                     uint32_t *overflows);
 int ctpy_setns(int netns_fd);
 const char *ctpy_nfct_version(void);

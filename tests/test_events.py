@@ -1,0 +1,99 @@
+"""Events from the real kernel: NEW, UPDATE, DESTROY, filters, overflow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+from helpers import TCP_PAIR
+
+import conntrack
+from conntrack import EventType, Filter, Flow
+
+
+class Listener:
+    """Collect a namespace's events in a thread until it is idle."""
+
+    def __init__(self, ns_name, **kw):
+        self.events = []
+        self.ct = conntrack.Conntrack(ns_name)
+        self.stream = self.ct.events(idle_timeout=kw.pop("idle", 1.0), **kw)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        time.sleep(0.2)  # subscribed before the test makes events
+
+    def _run(self):
+        for ev in self.stream:
+            self.events.append(ev)
+
+    def join(self):
+        self.thread.join(30)
+        self.ct.close()
+        return self.events
+
+
+def _udp(i, **kw):
+    return Flow(proto="udp", src="10.0.%d.%d" % (i // 250, i % 250 + 1), dst="10.9.0.1", sport=1, dport=53,
+                timeout=60, **kw)
+
+
+def test_new_update_destroy_of_injected_entries(ns_ct):
+    listener = Listener(ns_ct.ns.name)
+    ns_ct.create_many(_udp(i) for i in range(200))
+    f = ns_ct.get(_udp(7))
+    ns_ct.update(f, mark=5)
+    ns_ct.delete(Filter(src="10.0.0.0/28"))
+    events = listener.join()
+    kinds = Counter(e.type for e in events)
+    assert kinds == {EventType.NEW: 200, EventType.UPDATE: 1, EventType.DESTROY: 15}
+    [update] = [e for e in events if e.type == EventType.UPDATE]
+    assert update.flow.mark == 5 and update.flow.orig == f.orig
+    assert {e.flow.key for e in events if e.type == EventType.NEW} == {_udp(i).key for i in range(200)}
+
+
+def test_filters_and_types_apply_before_python(ns_ct):
+    listener = Listener(ns_ct.ns.name, filter=Filter(mark=1), types=EventType.NEW | EventType.DESTROY)
+    ns_ct.create_many(_udp(i, mark=i % 2) for i in range(100))
+    ns_ct.update(ns_ct.get(_udp(1)), timeout=30)  # an UPDATE of a mark=1 entry: not subscribed
+    ns_ct.flush()
+    events = listener.join()
+    assert all(e.flow.mark == 1 for e in events)
+    assert Counter(e.type for e in events) == {EventType.NEW: 50, EventType.DESTROY: 50}
+
+
+def test_real_tcp_connection_events(ns_ct):
+    ns_ct.ns.track()
+    listener = Listener(ns_ct.ns.name, filter=Filter(proto="tcp"))
+    proc = ns_ct.ns.python(TCP_PAIR)
+    try:
+        cport, sport = map(int, proc.stdout.readline().split())
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+    events = listener.join()
+    mine = [e for e in events if e.flow.orig.sport == cport and e.flow.orig.dport == sport]
+    assert mine[0].type == EventType.NEW and mine[0].flow.state == conntrack.TCPState.SYN_SENT
+    states = [e.flow.state for e in mine if e.type == EventType.UPDATE]
+    assert conntrack.TCPState.ESTABLISHED in states
+
+
+def test_overflow_is_reported_and_the_stream_goes_on(ns_ct):
+    # a receive buffer far too small for a burst: the kernel drops events
+    listener = Listener(ns_ct.ns.name, rcvbuf=64 * 1024, idle=2.0)
+    ns_ct.create_many(_udp(i) for i in range(20000))
+    time.sleep(0.5)
+    ns_ct.create(Flow(proto="tcp", src="10.200.0.1", dst="10.200.0.2", sport=1, dport=2, timeout=60))
+    events = listener.join()
+    kinds = Counter(e.type for e in events)
+    assert kinds[EventType.OVERFLOW] >= 1
+    assert kinds[EventType.NEW] < 20000  # some were lost, and we said so
+    assert events[-1].type == EventType.NEW and events[-1].flow.proto == conntrack.Proto.tcp
+
+
+def test_bad_arguments(ns_ct):
+    with pytest.raises(ValueError, match="types"):
+        next(ns_ct.events(types=EventType.OVERFLOW))
+    with pytest.raises(ValueError, match="rcvbuf"):
+        next(ns_ct.events(rcvbuf=0))
