@@ -21,7 +21,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
+sys.path.insert(0, ROOT)
 
 import ctbench  # noqa: E402
 
@@ -51,6 +52,7 @@ class Bench:
         self.entries: Dict[str, int] = {}
         self.memory: Dict[str, float] = {}
         self.saved: Dict[str, int] = {}
+        self.events: Dict[str, Tuple[int, int]] = {}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -331,6 +333,59 @@ class Bench:
         self.best("scrape: conntrack -C && conntrack -S (entries and stats only)",
                   lambda: (self.wall(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)[0], 0))
 
+    # -- 7. events ---------------------------------------------------------------------------
+
+    EVENTS_CODE = r"""
+import sys
+import conntrack
+from conntrack import EventType, Filter
+n = 0
+with conntrack.Conntrack() as ct:
+    print("ready", flush=True)
+    for ev in ct.events(Filter(mark=0x7777), types=EventType.NEW, idle_timeout=3.0):
+        if ev.type == EventType.NEW:
+            n += 1
+print(n, flush=True)
+"""
+
+    def bench_events(self, burst: int = 200_000) -> None:
+        """A burst of NEW events: how many each listener receives (each alone, in turn)."""
+        assert self.ct is not None and self.ns is not None
+        log("7. a burst of %s NEW events (create_many), received by each listener in turn" % fmt_n(burst))
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        flows = [conntrack.Flow(proto="udp", src="2001:db8:%x:%x::1" % (k >> 16, k & 0xFFFF), dst="2001:db8::53",
+                                sport=1000, dport=53, timeout=600, mark=0x7777) for k in range(burst)]
+        listeners = [
+            ("events: ct.events() (256 MiB buffer)", [sys.executable, "-c", self.EVENTS_CODE]),
+            ("events: conntrack -E -e NEW (defaults)", ["conntrack", "-E", "-e", "NEW", "-f", "ipv6"]),
+            ("events: conntrack -E -e NEW -b 268435456", ["conntrack", "-E", "-e", "NEW", "-f", "ipv6",
+                                                          "-b", "268435456"]),
+        ]
+        for name, argv in listeners:
+            self.ensure_max()
+            proc = subprocess.Popen(self.exec_argv(*argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    text=True, env=env)
+            assert proc.stdout is not None
+            if argv[0] == sys.executable:
+                proc.stdout.readline()  # "ready": subscribed
+            time.sleep(1.0)
+            t0 = time.perf_counter()
+            made = self.ct.create_many(flows)
+            secs = time.perf_counter() - t0
+            if argv[0] == sys.executable:
+                got = int(proc.stdout.read().split()[-1])
+                proc.wait(60)
+            else:
+                time.sleep(3.0)
+                proc.send_signal(signal.SIGINT)
+                out, _ = proc.communicate(timeout=60)
+                got = sum(1 for line in out.splitlines() if line.startswith("[NEW]") or " [NEW] " in line
+                          or line.lstrip().startswith("[NEW"))
+            self.events[name] = (got, made)
+            log("    %-60s %8s of %s received (%.0f%%); burst took %.2f s"
+                % (name, fmt_n(got), fmt_n(made), 100.0 * got / max(made, 1), secs))
+            self.ct.delete(conntrack.Filter(mark=0x7777))
+
     # -- 5. buckets -------------------------------------------------------------------------
 
     def bench_buckets(self) -> None:
@@ -414,6 +469,8 @@ class Bench:
                                               self.memory["list_bytes_per_flow"], "", "(info)"))
             add("%-52s %8.0f KiB %19s %10s" % ("streaming dump: tracemalloc peak (Python heap)",
                                                self.memory["tracemalloc_peak"] * 1024, "", "(info)"))
+        for name, (got, made) in self.events.items():
+            add("%-52s %9s of %s (%.0f%%)" % (name + " received", fmt_n(got), fmt_n(made), 100.0 * got / max(made, 1)))
         add("")
         add("entries column: what each run saw (dump: flows/messages read; count: the count; delete: entries"
             " removed, checked against the table's counter and the expected number)")
@@ -488,6 +545,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         b.bench_delete()
         b.bench_memory()
         b.bench_scrape()
+        b.bench_events()
         if not args.no_buckets:
             b.bench_buckets()
         report = b.report()
