@@ -235,8 +235,21 @@ def _delete_text(r: DeleteResult) -> str:
     return text
 
 
+def _matches_everything(flt: Filter) -> bool:
+    """True when the filter restricts nothing (``--status ''``, ``--mark X/0``)."""
+    user = dict(flt.compile(KernelFeatures.none()).user)
+    if user.get("mark", (0, 1))[1] == 0:
+        del user["mark"]
+    return not user
+
+
 def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     flt = _filter(args)
+    if flt is not None and _matches_everything(flt):
+        if not args.all:
+            raise UsageError("delete: the filter options given match every entry; "
+                             "give --all (and no filter) to delete every entry")
+        flt = None
     if flt is None and not args.all:
         raise UsageError("delete: refusing to delete without a filter; give filter options "
                          "(see --help), or --all to delete every entry")
@@ -328,7 +341,9 @@ def cmd_set_max(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_health(args: argparse.Namespace, out: TextIO) -> int:
-    if args.since is not None and args.since < 0:
+    if not 0 <= args.interval <= 3600:  # NaN and inf too: time.sleep() cannot take them
+        raise UsageError("--interval: expected seconds 0..3600, got %r" % args.interval)
+    if args.since is not None and not args.since >= 0:
         raise UsageError("--since: expected seconds >= 0, got %r" % args.since)
     since = time.time() - args.since if args.since is not None else None
     with _open(args) as ct:
@@ -453,6 +468,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return failure
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except Exception as exc:  # a bug: say so in one line, and never pass for a health verdict
+        _err(prog, "internal error: %s: %s" % (type(exc).__name__, _message(exc)))
+        return failure
 
 
 if __name__ == "__main__":  # pragma: no cover

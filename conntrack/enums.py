@@ -224,6 +224,13 @@ def parse_status(value: object, field: str = "status") -> Status:
             raise ValueError("%s: %d is out of range 0..0xffffffff" % (field, value))
         return Status(value)
     if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("%s: empty (give bit names such as ASSURED|SEEN_REPLY, or a number)" % field)
+        try:
+            return parse_status(int(value.strip(), 0), field)
+        except ValueError as exc:
+            if "out of range" in str(exc):
+                raise
         result = Status(0)
         for part in value.replace(",", "|").split("|"):
             part = part.strip()

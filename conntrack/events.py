@@ -54,15 +54,24 @@ _TYPES = {int(t): t for t in EventType}
 
 def listen(netns_fd: Optional[int], plan: Plan, types: EventType, rcvbuf: int,
            idle_timeout: Optional[float]) -> Iterator[Event]:
-    """The event stream behind :meth:`conntrack.Conntrack.events`."""
+    """The event stream behind :meth:`conntrack.Conntrack.events`.
+
+    Arguments are checked and the socket is subscribed here, at the call:
+    events from then on are queued even before the first ``next()``, and
+    the namespace is the one ``netns_fd`` names now (the handle may close it
+    later).  A stream that is never iterated frees its socket when collected.
+    """
     if not types or types & ~ALL:
         raise ValueError("types: give NEW, UPDATE and/or DESTROY")
     if rcvbuf <= 0:
         raise ValueError("rcvbuf: %d is not a positive size" % rcvbuf)
-    if idle_timeout is not None and idle_timeout < 0:
-        raise ValueError("idle_timeout: %r is negative" % idle_timeout)
+    if idle_timeout is not None and not idle_timeout >= 0:  # NaN too
+        raise ValueError("idle_timeout: %r is not a number of seconds >= 0" % idle_timeout)
     sock = _binding.EventSocket(netns_fd, int(types), rcvbuf)
-    uf = _binding.ufilter(plan.user)
+    return _stream(sock, _binding.ufilter(plan.user), idle_timeout)
+
+
+def _stream(sock: _binding.EventSocket, uf: object, idle_timeout: Optional[float]) -> Iterator[Event]:
     try:
         last = time.monotonic()
         while True:
@@ -70,10 +79,10 @@ def listen(netns_fd: Optional[int], plan: Plan, types: EventType, rcvbuf: int,
             if idle_timeout is not None:
                 wait = min(wait, max(0.0, idle_timeout - (time.monotonic() - last)))
             batch, kinds, overflows = sock.next(uf, int(wait * 1000))
-            if overflows:
-                yield Event(EventType.OVERFLOW, None)
             for i, kind in enumerate(kinds):
                 yield Event(_TYPES[kind], Flow._from_batch(batch, i))
+            if overflows:  # the loss comes after this batch's events (see ctpy_events_next)
+                yield Event(EventType.OVERFLOW, None)
             now = time.monotonic()
             if kinds or overflows:
                 last = now

@@ -56,6 +56,7 @@ struct ctpy_sock {
     size_t len;
     size_t off;
     int max_inflight;       /* requests per sendmsg whose acks fit rcvbuf */
+    int overflow;           /* events: ENOBUFS seen, queue not yet drained */
 };
 
 /* What one queued acknowledgement costs in sk_rmem_alloc (skb truesize of
@@ -1372,39 +1373,47 @@ static uint8_t event_type(const struct nlmsghdr *nlh)
 }
 
 /* Up to max events that match uf.  Waits up to timeout_ms (-1: forever)
- * for the first one, then takes what is already queued.  A full receive
- * buffer (the kernel dropped events) counts in *overflows; the socket
- * stays usable.  Returns the number of events or -errno. */
+ * once, for the first message, and otherwise takes only what is already
+ * queued, so the call returns to Python (signals, idle timeout) after every
+ * wake-up even when nothing matched.
+ *
+ * A full receive buffer (the kernel dropped events) counts in *overflows.
+ * The kernel reports ENOBUFS before the messages still queued, which were
+ * all sent before the loss, and drops everything until the queue is empty:
+ * so the loss sits where the queue runs dry.  The overflow is reported only
+ * then, after the events returned with it (the caller yields them first);
+ * until then it stays pending on the socket.  Returns the number of events
+ * or -errno. */
 int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
                      struct ctpy_record *out, uint8_t *types, int max,
                      char *pool, uint32_t pool_size, int timeout_ms,
                      uint32_t *overflows)
 {
     uint32_t used = 0;
-    int n = 0;
+    int n = 0, waited = 0;
 
     while (n < max) {
         const struct nlmsghdr *nlh;
 
         if (s->off >= s->len) {
             ssize_t got;
-            {
-                /* a signal (EINTR) returns to Python, which can handle it */
-                struct pollfd pfd = {s->fd, POLLIN, 0};
-                int ready = poll(&pfd, 1, n > 0 ? 0 : timeout_ms);
-                if (ready < 0 && errno != EINTR)
-                    return -errno;
-                if (ready <= 0)
-                    break;
-            }
+            int wait = (n > 0 || waited || s->overflow) ? 0 : timeout_ms;
+            struct pollfd pfd = {s->fd, POLLIN, 0};
+            int ready = poll(&pfd, 1, wait);
+
+            waited = 1;
+            if (ready < 0)  /* EINTR: back to Python, which handles the signal */
+                return errno == EINTR ? n : -errno;
+            if (ready == 0)
+                goto drained;
             got = recv(s->fd, s->buf, CTPY_RECV_BUF, MSG_DONTWAIT);
             if (got < 0) {
                 if (errno == ENOBUFS) {
-                    (*overflows)++;
+                    s->overflow = 1;
                     continue;
                 }
                 if (errno == EAGAIN || errno == EINTR)
-                    continue;
+                    goto drained;
                 return -errno;
             }
             s->len = (size_t)got;
@@ -1416,20 +1425,39 @@ int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
             return -EBADMSG;
         }
         if (pool_size - used < nlh->nlmsg_len && n > 0)
-            break;
+            return n;
         s->off += NLMSG_ALIGN(nlh->nlmsg_len);
         if (nlh->nlmsg_type == NLMSG_ERROR || nlh->nlmsg_type == NLMSG_DONE ||
             pool_size - used < nlh->nlmsg_len)
             continue;
         {
             uint32_t before = used;
-            if (parse_fast(nlh, &out[n], pool, &used) == 0 && ctpy_match(uf, &out[n])) {
-                types[n] = event_type(nlh);
-                n++;
-            } else {
-                used = before;
+            uint8_t type = event_type(nlh);
+            if (parse_fast(nlh, &out[n], pool, &used) == 0) {
+                const struct ctpy_filter *f = uf;
+                struct ctpy_filter no_labels;
+                /* The kernel sends no labels with DESTROY: unknown, not zero. */
+                if (type == CTPY_EV_DESTROY && (uf->fields & CTPY_F_LABELS) &&
+                    !(out[n].present & CTPY_HAS_LABELS)) {
+                    no_labels = *uf;
+                    no_labels.fields &= ~(uint32_t)CTPY_F_LABELS;
+                    f = &no_labels;
+                }
+                if (ctpy_match(f, &out[n])) {
+                    types[n] = type;
+                    n++;
+                    continue;
+                }
             }
+            used = before;
         }
+    }
+    return n;
+
+drained:
+    if (s->overflow) {
+        s->overflow = 0;
+        (*overflows)++;
     }
     return n;
 }

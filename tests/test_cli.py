@@ -191,6 +191,17 @@ def test_delete_without_a_filter_refuses(netns):
 
 
 @pytest.mark.tool
+@pytest.mark.parametrize("options, says", [(["--status", ""], "--status: empty"), (["--mark", "5/0"], "--all")])
+def test_delete_with_a_filter_that_matches_everything_refuses(netns, options, says):
+    need_tool()
+    populate(netns)
+    before = _table(netns)
+    proc = pyct("delete", *options, netns=netns)
+    assert proc.returncode == 2 and says in one_line_error(proc)
+    assert _table(netns) == before
+
+
+@pytest.mark.tool
 def test_delete_dry_run_deletes_nothing(netns):
     need_tool()
     populate(netns)
@@ -342,6 +353,9 @@ def test_health_errors_exit_3(netns):
     proc = pyct("health", "--netns", "ctpy-does-not-exist")
     assert proc.returncode == 3
     assert pyct("health", "--bogus").returncode == 3
+    for bad in ("inf", "nan"):  # time.sleep() cannot take these: a usage error, not a traceback
+        proc = pyct("health", "--interval", bad, netns=netns)
+        assert proc.returncode == 3 and "--interval" in one_line_error(proc)
 
 
 def test_help_and_version():

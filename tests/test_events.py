@@ -92,8 +92,70 @@ def test_overflow_is_reported_and_the_stream_goes_on(ns_ct):
     assert events[-1].type == EventType.NEW and events[-1].flow.proto == conntrack.Proto.tcp
 
 
+def test_overflow_comes_after_the_events_queued_before_the_loss(ns_ct):
+    # the kernel drops events from the moment the queue is full until it is empty:
+    # no event yielded after an OVERFLOW may predate the gap
+    listener = Listener(ns_ct.ns.name, rcvbuf=64 * 1024, idle=2.0, types=EventType.NEW)
+    ns_ct.create_many(_udp(i) for i in range(20000))
+    events = listener.join()
+    index = {_udp(i).key: i for i in range(20000)}
+    order = [None if e.type == EventType.OVERFLOW else index[e.flow.key] for e in events]
+    assert None in order
+    segment = []  # indices since the previous marker, and the first one after this marker
+    for k, j in enumerate(order):
+        if j is not None:
+            segment.append(j)
+            continue
+        following = next((x for x in order[k + 1:] if x is not None), None)
+        run = segment + ([following] if following is not None else [])
+        assert any(b - a > 1 for a, b in zip(run, run[1:])), "an OVERFLOW with no gap before the next event"
+        segment = []
+
+
+def test_subscribed_when_events_is_called(ns_ct):
+    stream = ns_ct.events(idle_timeout=1.0)
+    ns_ct.create(_udp(1))  # before the first next()
+    assert [e.type for e in stream] == [EventType.NEW]
+
+
+def test_idle_timeout_holds_while_non_matching_events_flow(ns_ct):
+    stop = threading.Event()
+
+    def noise():
+        with conntrack.Conntrack(ns_ct.ns.name) as other:
+            i = 0
+            while not stop.is_set() and i < 400:
+                other.create(_udp(i))
+                i += 1
+                time.sleep(0.01)
+
+    t = threading.Thread(target=noise)
+    t.start()
+    try:
+        start = time.monotonic()
+        assert list(ns_ct.events(Filter(mark=99), idle_timeout=0.5)) == []
+        assert time.monotonic() - start < 2.0
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_destroy_events_pass_a_labels_filter(ns_ct):
+    ns_ct.ns.exec("nft", "-f", "-", input=LABEL_RULES)  # connlabel storage on
+    listener = Listener(ns_ct.ns.name, filter=Filter(labels={9}))
+    ns_ct.create(_udp(1, labels={9}))
+    ns_ct.delete(Filter(src=_udp(1).orig.src))
+    events = listener.join()
+    assert [e.type for e in events] == [EventType.NEW, EventType.DESTROY]
+
+
+LABEL_RULES = "table inet lbl {\n chain c {\n  type filter hook output priority 0;\n  ct label set 3\n }\n}\n"
+
+
 def test_bad_arguments(ns_ct):
     with pytest.raises(ValueError, match="types"):
-        next(ns_ct.events(types=EventType.OVERFLOW))
+        ns_ct.events(types=EventType.OVERFLOW)
     with pytest.raises(ValueError, match="rcvbuf"):
-        next(ns_ct.events(rcvbuf=0))
+        ns_ct.events(rcvbuf=0)
+    with pytest.raises(ValueError, match="idle_timeout"):
+        ns_ct.events(idle_timeout=float("nan"))
