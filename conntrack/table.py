@@ -166,7 +166,9 @@ class Conntrack:
         CAP_NET_ADMIN).  When the kernel drops events anyway it yields an
         ``EventType.OVERFLOW`` event and goes on; re-dump for a whole view.
         It ends after ``idle_timeout`` seconds without events (never by
-        default) or when you stop iterating.
+        default) or when you stop iterating.  The subscription starts at this
+        call.  The kernel sends no labels with DESTROY events, so those pass
+        a labels filter.
         """
         self._sock._p()
         plan = self._plan(filter, family)
