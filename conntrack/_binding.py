@@ -133,12 +133,7 @@ class Batch:
     def set_tuple(self, i: int, which: str, values: TupleValues) -> None:
         t = getattr(self.recs[i], which)
         family, proto, src, dst, sport, dport, itype, icode, iid, has_icmp, zone = values
-        t.family = family
-        t.proto = proto
-        ffi.memmove(t.src, src, len(src))
-        ffi.memmove(t.dst, dst, len(dst))
-        t.sport = sport
-        t.dport = dport
+        _fill_tuple(t, family, proto, src, dst, sport, dport)
         t.icmp_type = itype
         t.icmp_code = icode
         t.icmp_id = iid
@@ -179,6 +174,16 @@ def gather(flows: List[Tuple[Batch, int]]) -> Batch:
             used += int(r.helper_len)
     b.n = len(flows)
     return b
+
+
+def _fill_tuple(t: Any, family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> None:
+    """The address and port part of a ``struct ctpy_tuple``."""
+    t.family = family
+    t.proto = proto
+    ffi.memmove(t.src, src, len(src))
+    ffi.memmove(t.dst, dst, len(dst))
+    t.sport = sport
+    t.dport = dport
 
 
 def single() -> Batch:
@@ -238,14 +243,7 @@ def kfilter(spec: Dict[str, Any]) -> Any:
             flags, values = value
             fields |= lib.CTPY_K_TUPLE
             setattr(k, key + "_flags", flags)
-            t = getattr(k, key)
-            family, proto, src, dst, sport, dport = values
-            t.family = family
-            t.proto = proto
-            ffi.memmove(t.src, src, len(src))
-            ffi.memmove(t.dst, dst, len(dst))
-            t.sport = sport
-            t.dport = dport
+            _fill_tuple(getattr(k, key), *values)
     k.fields = fields
     return k
 

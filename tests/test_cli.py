@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from helpers import Netns
+from helpers import CLI_CREATES, Netns
 
 import conntrack
 from conntrack import Filter, Flow
@@ -27,17 +27,6 @@ HOST_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
 UNREPLIED = 30
 REPLIED = 10
 
-CLI_CREATES = [
-    ["-p", "udp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--sport", "5353", "--dport", "53", "-t", "300", "-m", "5"],
-    ["-p", "tcp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--sport", "1234", "--dport", "80", "-t", "300",
-     "--state", "ESTABLISHED", "-u", "SEEN_REPLY,ASSURED", "-w", "7"],
-    ["-p", "icmp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--icmp-type", "8", "--icmp-code", "0",
-     "--icmp-id", "77", "-t", "300"],
-    ["-p", "udp", "-s", "2001:db8::1", "-d", "2001:db8::2", "--sport", "1", "--dport", "2",
-     "-t", "300", "-m", "1"],
-    ["-p", "tcp", "-s", "10.0.0.3", "-d", "10.0.0.4", "--sport", "1", "--dport", "2", "-t", "300",
-     "--state", "SYN_SENT"],
-]
 
 
 def pyct(*args: str, netns: Netns = None) -> subprocess.CompletedProcess:

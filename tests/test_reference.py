@@ -5,20 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import CLI_CREATES
 
 from conntrack import Filter, Flow
-
-CLI_CREATES = [
-    ["-p", "udp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--sport", "5353", "--dport", "53", "-t", "300", "-m", "5"],
-    ["-p", "tcp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--sport", "1234", "--dport", "80", "-t", "300",
-     "--state", "ESTABLISHED", "-u", "SEEN_REPLY,ASSURED", "-w", "7"],
-    ["-p", "icmp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--icmp-type", "8", "--icmp-code", "0",
-     "--icmp-id", "77", "-t", "300"],
-    ["-p", "udp", "-s", "2001:db8::1", "-d", "2001:db8::2", "--sport", "1", "--dport", "2",
-     "-t", "300", "-m", "1"],
-    ["-p", "tcp", "-s", "10.0.0.3", "-d", "10.0.0.4", "--sport", "1", "--dport", "2", "-t", "300",
-     "--state", "SYN_SENT"],
-]
 
 
 def _norm(line: str) -> str:
