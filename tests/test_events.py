@@ -101,15 +101,18 @@ def test_overflow_comes_after_the_events_queued_before_the_loss(ns_ct):
     index = {_udp(i).key: i for i in range(20000)}
     order = [None if e.type == EventType.OVERFLOW else index[e.flow.key] for e in events]
     assert None in order
-    segment = []  # indices since the previous marker, and the first one after this marker
+    # Around each marker, from the last event before the previous marker to the
+    # first event after this one, some events must be missing: the gap.
+    segment = []  # the last event before the previous marker, then the events since
     for k, j in enumerate(order):
         if j is not None:
             segment.append(j)
             continue
         following = next((x for x in order[k + 1:] if x is not None), None)
         run = segment + ([following] if following is not None else [])
-        assert any(b - a > 1 for a, b in zip(run, run[1:])), "an OVERFLOW with no gap before the next event"
-        segment = []
+        assert any(b - a > 1 for a, b in zip(run, run[1:])), \
+            "an OVERFLOW with no gap around it: events %s, marker at %d" % (run[-12:], k)
+        segment = segment[-1:]
 
 
 def test_subscribed_when_events_is_called(ns_ct):
