@@ -6,6 +6,7 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 py=${PY:-$top/.venv/bin/python}
+case $py in /*) ;; *) py="$top/$py" ;; esac  # it runs from a scratch folder
 work=$(mktemp -d /tmp/ctpy-trixie.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"  # the privilege test runs a child as nobody
