@@ -109,9 +109,6 @@ class Batch:
         r = self.recs[i]
         return getattr(r, name) if r.present & bit else None
 
-    def tuple_field(self, i: int, which: str, name: str) -> int:
-        return int(getattr(getattr(self.recs[i], which), name))
-
     def scalar(self, i: int, name: str) -> int:
         return int(getattr(self.recs[i], name))
 
@@ -372,10 +369,6 @@ class Socket:
         check(lib.ctpy_batch(self._p(), msg, flags, b.recs, b.pool, b.n, int(pin_id), res), "batch")
         return (int(res.done), int(res.vanished), int(res.failed),
                 int(res.first_errno), int(res.first_failed))
-
-    def stats_snapshot(self) -> Tuple[int, int, List[Dict[str, int]]]:
-        entries, limit = self.global_stats()
-        return entries, limit, self.cpu_stats()
 
     def global_stats(self) -> Tuple[int, int]:
         entries = ffi.new("uint32_t *")
