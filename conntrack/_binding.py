@@ -291,25 +291,29 @@ class Socket:
 
     # -- dumps ----------------------------------------------------------------
 
-    def dump(
-        self, family: int, kf: Any, uf: Any, prefetch: bool = True
-    ) -> Iterator[Batch]:
-        """Batches of matching records; each dump has its own socket."""
+    def _start_dump(self, family: int, kf: Any) -> Socket:
+        """A new socket in the same namespace with a dump request sent on it."""
         sock = Socket(self._netns_fd)
         try:
             check(lib.ctpy_dump_start(sock._p(), family, kf), "dump")
         except BaseException:
             sock.close()
             raise
+        return sock
+
+    def dump(
+        self, family: int, kf: Any, uf: Any, prefetch: bool = True
+    ) -> Iterator[Batch]:
+        """Batches of matching records; each dump has its own socket."""
+        sock = self._start_dump(family, kf)
         if prefetch:
             return _prefetched(sock, uf)
         return _sequential(sock, uf)
 
     def count(self, family: int, kf: Any, uf: Any) -> int:
-        sock = Socket(self._netns_fd)
+        sock = self._start_dump(family, kf)
         try:
             p = sock._p()
-            check(lib.ctpy_dump_start(p, family, kf), "dump")
             out = ffi.new("uint64_t *")
             check(lib.ctpy_dump_count(p, uf, out), "dump")
             return int(out[0])
@@ -318,10 +322,9 @@ class Socket:
 
     def summary(self, family: int, kf: Any, uf: Any) -> Tuple[int, int, int, Dict[int, int], Dict[int, int]]:
         """(total, unreplied, assured, by protocol number, TCP by state number) of one dump."""
-        sock = Socket(self._netns_fd)
+        sock = self._start_dump(family, kf)
         try:
             p = sock._p()
-            check(lib.ctpy_dump_start(p, family, kf), "dump")
             out = ffi.new("struct ctpy_summary *")
             check(lib.ctpy_dump_summary(p, uf, out), "dump")
             protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
@@ -333,10 +336,9 @@ class Socket:
     def crosscheck(self) -> Tuple[int, int, Optional[Tuple[Batch, Batch]]]:
         """Dump the table parsing every entry twice: with the fast C parser and
         with libnetfilter_conntrack's.  (checked, mismatched, first mismatch)."""
-        sock = Socket(self._netns_fd)
+        sock = self._start_dump(0, ffi.NULL)
         try:
             p = sock._p()
-            check(lib.ctpy_dump_start(p, 0, ffi.NULL), "dump")
             checked = ffi.new("uint64_t *")
             bad = ffi.new("uint64_t *")
             fast, ref = Batch(1, 16), Batch(1, 16)

@@ -36,15 +36,19 @@ def _need_kernel() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture
-def netns() -> Iterator[Netns]:
-    """A fresh network namespace, deleted after the test."""
+def _scratch_netns() -> Iterator[Netns]:
     _need_kernel()
     ns = Netns()
     try:
         yield ns
     finally:
         ns.delete()
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    """A fresh network namespace, deleted after the test."""
+    yield from _scratch_netns()
 
 
 @pytest.fixture
@@ -58,9 +62,4 @@ def ns_ct(netns: Netns) -> Iterator[conntrack.Conntrack]:
 @pytest.fixture(scope="module")
 def shared_netns() -> Iterator[Netns]:
     """One namespace for a whole module (hypothesis examples flush it)."""
-    _need_kernel()
-    ns = Netns()
-    try:
-        yield ns
-    finally:
-        ns.delete()
+    yield from _scratch_netns()
