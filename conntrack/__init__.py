@@ -26,7 +26,7 @@ from .errors import (
     NotFound,
     Unsupported,
 )
-from .events import Event, EventType
+from .events import Event, EventStream, EventType
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Counters, Flow, FlowTuple
@@ -45,6 +45,7 @@ __all__ = [
     "DCCPState",
     "DeleteResult",
     "Event",
+    "EventStream",
     "EventType",
     "Exists",
     "Family",

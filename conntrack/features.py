@@ -44,6 +44,9 @@ class KernelFeatures:
     """Flush filtered by zone (6.8)."""
     flush_tuple: bool = False
     """Flush filtered by exact tuple parts (CTA_FILTER on delete, 6.12)."""
+    events_bpf: bool = False
+    """Event streams filtered in the kernel by a socket filter (classic BPF with
+    SKF_AD_NLATTR_NEST, 2.6.29; built by libnetfilter_conntrack's nfct_filter)."""
     tuple_ipv6_addresses: bool = False
     """IPv6 addresses in CTA_FILTER.  Off on every kernel detected so far:
     ctnetlink_filter_match_tuple inverts the IPv6 address comparison (seen
@@ -64,6 +67,7 @@ class KernelFeatures:
             flush_status=v >= (5, 15),
             flush_zone=v >= (6, 8),
             flush_tuple=v >= (6, 12),
+            events_bpf=v >= (2, 6),
         )
 
     @classmethod
