@@ -22,8 +22,7 @@ from hypothesis import given
 from test_properties import SETTINGS, filters, reference_match, tables
 
 import conntrack
-from conntrack import EventType, Filter, Flow, KernelFeatures, Proto
-from conntrack import _binding
+from conntrack import EventType, Filter, Flow, KernelFeatures, Proto, _binding
 from conntrack.events import listen
 from conntrack.netns import resolve
 
