@@ -351,8 +351,8 @@ class Plan:
 
     def explain(self, events: bool = False) -> str:
         if events:
-            covered = {"src": "orig_src", "dst": "orig_dst"}
-            rest = sorted(set(self.user) - {covered.get(k, k) for k in self.events_bpf})
+            names = {"orig_src": "src", "orig_dst": "dst"}
+            rest = sorted(names.get(k, k) for k in self.user if names.get(k, k) not in self.events_bpf)
             k = ", ".join(self.events_bpf_text) or "nothing"
             u = ", ".join(rest) or "nothing more"
             return "events: kernel (socket BPF filter): %s; userspace (C, per event): %s" % (k, u)

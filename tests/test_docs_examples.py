@@ -522,3 +522,12 @@ def test_service_agent_runs_as_a_script(netns):
         ct.create_many(_service_burst(10))
     out = run_in(netns, "service_agent.py", "0", "0.5")
     assert out == "active 10, opened 0, lost 0, resyncs 1\n"  # the entries that were there
+
+
+@pytest.mark.parametrize("keywords", [
+    dict(proto="tcp", dst="10.9.0.2", dport=443),
+    dict(proto="tcp", state=["SYN_SENT", "ESTABLISHED"], mark="0x10/0xff"),
+])
+def test_events_explain_output_shown_in_events_page(keywords):
+    page = (ROOT / "docs" / "events.rst").read_text(encoding="utf-8")
+    assert repr(Filter(**keywords).explain(KernelFeatures.detect("6.18"), events=True)) in page
