@@ -117,9 +117,12 @@ class EventStream:
             loop.remove_reader(fd)
             if not fut.done():
                 fut.cancel()
-        if self._snap is not None:
-            self._snap.close()  # type: ignore[attr-defined]
-            self._snap = None
+        snap, self._snap = self._snap, None
+        if snap is not None:
+            try:
+                snap.close()  # type: ignore[attr-defined]
+            except ValueError:  # a worker thread is inside it (a cancelled resync): its socket goes with it
+                pass
         self._sock.close()
         if self._fd_finalizer is not None:
             self._fd_finalizer()

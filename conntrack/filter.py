@@ -297,7 +297,7 @@ class Filter:
 
         libnetfilter_conntrack's event filter (nfct_filter) checks the
         protocol, TCP states, original source/destination address with a
-        mask, mark, and (1.1.0) zone, and lets a message through when it
+        mask, mark, and (1.1.0) zone 0, and lets a message through when it
         lacks the attribute it looks for: it only narrows what the C check
         then decides.
         """
@@ -319,7 +319,11 @@ class Filter:
         if self.mark is not None:
             bpf["mark"] = self.mark
             text.append("mark=%#x/%#x" % self.mark)
-        if self.zone is not None and _binding.BPF_ZONE:
+        # nfct_filter's zone test (1.1.0) reads CTA_ZONE, which the kernel sends only
+        # for a zone of both directions, and takes a missing one for zone 0; a Filter's
+        # zone also matches a direction-specific zone (CTA_TUPLE_ZONE).  Only zone 0
+        # survives that: an entry without CTA_ZONE passes, and C decides.
+        if self.zone == 0 and _binding.BPF_ZONE:
             bpf["zone"] = self.zone
             text.append("zone=%d" % self.zone)
         return bpf, text

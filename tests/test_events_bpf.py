@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import sys
 from collections import Counter
 from typing import Optional
 
@@ -113,8 +114,31 @@ def test_explain_for_events_names_each_side():
     assert text.startswith("events: kernel (socket BPF filter): proto=tcp, state=ESTABLISHED, dst=10.0.0.0/8, mark=0x1/")
     assert text.endswith("userspace (C, per event): dport, family")
     assert "kernel (socket BPF filter): nothing" in flt.explain(KernelFeatures.none(), events=True)
-    zone = Filter(zone=3).explain(KernelFeatures.detect(), events=True)
-    assert ("zone=3" in zone.split(";")[0]) == _binding.BPF_ZONE
+    zone = Filter(zone=0).explain(KernelFeatures.detect(), events=True)
+    assert ("zone=0" in zone.split(";")[0]) == _binding.BPF_ZONE
+    assert "zone=3" not in Filter(zone=3).explain(KernelFeatures.detect(), events=True).split(";")[0]
+
+
+ZONE_RULES = """table inet zones {
+  chain out { type filter hook output priority -300; udp dport 5000 ct original zone set 3; }
+}
+"""
+
+
+def test_a_direction_specific_zone_matches_a_zone_filter(ns_ct):
+    # the kernel sends such a zone only inside the original tuple (no CTA_ZONE):
+    # nfct_filter's zone test would read it as zone 0, so it must not decide
+    ns = ns_ct.ns
+    ns.exec("ip", "link", "set", "lo", "up")
+    ns.exec("nft", "-f", "-", input=ZONE_RULES)
+    with ns_ct.events(Filter(zone=3), idle_timeout=0, types=EventType.NEW) as three, \
+            ns_ct.events(Filter(zone=0), idle_timeout=0, types=EventType.NEW) as zero:
+        ns.exec(sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                ".sendto(b'x', ('127.0.0.1', 5000))")
+        got3, got0 = list(three), list(zero)
+    [ev] = got3
+    assert ev.flow.zone == 3 and ev.flow.orig.dport == 5000
+    assert [e.flow.orig.dport for e in got0 if e.flow.orig.dport == 5000] == []
 
 
 def _burst(i: int) -> Flow:
