@@ -434,12 +434,6 @@ class EventSocket:
         b.fields = fields
         check(lib.ctpy_events_bpf(self._p(), b), "attach the event filter")
 
-    def drops(self) -> int:
-        """The kernel's count of events it dropped for this socket (SK_MEMINFO_DROPS)."""
-        out = ffi.new("uint32_t *")
-        check(lib.ctpy_events_drops(self._p(), out), "SO_MEMINFO")
-        return int(out[0])
-
     def next(self, uf: Any, timeout_ms: int) -> Tuple[Batch, List[int], int, Optional[int]]:
         """A batch of matching events (maybe empty), their types, the overflows
         since the last call and the events lost with them (None: unknown).

@@ -1435,9 +1435,11 @@ static void bpf_addr(struct nfct_filter *f, const struct ctpy_cidr *c, int src)
 
 /* Compile b into libnetfilter_conntrack's event filter and attach it to the
  * socket (SO_ATTACH_FILTER).  Its program lets a message through when an
- * attribute it looks for is missing (an IPv6 event under an IPv4 address
- * filter, an UPDATE without protocol info under a state filter), so it only
- * ever narrows what ctpy_match then checks in full. */
+ * attribute it looks for is missing (an UPDATE without protocol info under
+ * a state test, an IPv4 event under an IPv6 address test), so it only
+ * narrows what ctpy_match then checks in full.  Its IPv4 address tests
+ * search past the address nest and may drop an IPv6 event; a filter with
+ * an IPv4 address never matches one (tests/test_events_bpf.py). */
 int ctpy_events_bpf(struct ctpy_sock *s, const struct ctpy_bpf *b)
 {
     struct nfct_filter *f;
