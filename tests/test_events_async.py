@@ -8,8 +8,11 @@ stream waits for; ticks counted while a dump runs in a thread).
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
+import os
 import threading
+import time
 from collections import Counter
 
 from helpers import TCP_PAIR
@@ -224,3 +227,51 @@ def test_stream_lifetime_and_errors(ns_ct):
         return [ev async for ev in stream]
 
     assert asyncio.run(closed_async()) == []
+
+
+def test_a_stream_dropped_without_close_releases_its_descriptors(ns_ct):
+    def fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    stream = ns_ct.events(Filter(proto="tcp"), resync=True)  # an event socket and a namespace descriptor
+    assert fds() == before + 2
+    del stream
+    gc.collect()
+    assert fds() == before
+
+
+def _syscall(tid: int) -> str:
+    with open("/proc/self/task/%d/syscall" % tid) as f:
+        return f.read().split()[0]
+
+
+def test_the_c_reader_releases_the_gil_while_it_waits(ns_ct):
+    """cffi releases the GIL around every call into the extension (API mode).
+    Here the main thread can only go on, read the reader thread's syscall and
+    make the event that ends the wait if the thread blocked in C left it the GIL."""
+    waiting = {"x86_64": {"7", "271"}, "aarch64": {"73"}}.get(os.uname().machine)  # poll, ppoll
+    stream = ns_ct.events(Filter(proto="udp"))
+    got = []
+    tid = []
+
+    def read():
+        tid.append(threading.get_native_id())
+        got.append(next(stream))  # blocks in poll() inside C: nothing is queued yet
+
+    t = threading.Thread(target=read)
+    t.start()
+    deadline = time.monotonic() + DEADLINE
+    while not tid and time.monotonic() < deadline:
+        time.sleep(0.01)
+    while time.monotonic() < deadline:
+        call = _syscall(tid[0])
+        if (call in waiting) if waiting else call not in ("running", "202"):
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the reader thread never blocked in poll")
+    ns_ct.create(_udp(1))
+    t.join(DEADLINE)
+    stream.close()
+    assert [e.type for e in got] == [EventType.NEW]
