@@ -36,6 +36,14 @@ HAS = {
     if name.startswith("CTPY_HAS_")
 }
 
+TOP_PARTS = {
+    name[len("CTPY_TOP_"):].lower(): getattr(lib, name)
+    for name in dir(lib)
+    if name.startswith("CTPY_TOP_") and name != "CTPY_TOP_MAXPARTS"
+}
+"""What ``top()`` keys can be made of (src, dst, sport, dport, proto, state, zone, mark, family)."""
+TOP_MAXPARTS = lib.CTPY_TOP_MAXPARTS
+
 TupleValues = Tuple[int, int, bytes, bytes, int, int, int, int, int, bool, Optional[int]]
 
 
@@ -332,6 +340,40 @@ class Socket:
             return int(out.total), int(out.unreplied), int(out.assured), protos, states
         finally:
             sock.close()
+
+    def top(self, family: int, kf: Any, uf: Any, parts: List[Tuple[str, int, int]],
+            n: int) -> Tuple[List[Tuple[bytes, int]], int, int]:
+        """Count the matching entries of one dump by key, in C.
+
+        *parts* are (name, IPv4 prefix, IPv6 prefix) with names from
+        :data:`TOP_PARTS`.  Returns the *n* most frequent (key bytes, count),
+        most frequent first, the entries counted and the distinct keys.
+        """
+        spec = ffi.new("struct ctpy_topspec *")
+        spec.n = len(parts)
+        for i, (name, plen4, plen6) in enumerate(parts):
+            spec.kind[i] = TOP_PARTS[name]
+            spec.plen4[i] = plen4
+            spec.plen6[i] = plen6
+        keylen = check(lib.ctpy_top_keylen(spec), "top")
+        ptr = lib.ctpy_top_new(spec)
+        if ptr == ffi.NULL:
+            raise from_errno(12, "top")
+        t = ffi.gc(ptr, lib.ctpy_top_free)
+        sock = self._start_dump(family, kf)
+        try:
+            check(lib.ctpy_dump_top(sock._p(), uf, t), "dump")
+        finally:
+            sock.close()
+        total, distinct = int(lib.ctpy_top_total(t)), int(lib.ctpy_top_distinct(t))
+        want = min(n, distinct)
+        keys = ffi.new("uint8_t[]", max(want, 1) * keylen)
+        counts = ffi.new("uint64_t[]", max(want, 1))
+        got = lib.ctpy_top_result(t, want, keys, counts)
+        raw = ffi.buffer(keys, got * keylen)[:]
+        ffi.release(t)
+        rows = [(raw[i * keylen:(i + 1) * keylen], int(counts[i])) for i in range(got)]
+        return rows, total, distinct
 
     def crosscheck(self) -> Tuple[int, int, Optional[Tuple[Batch, Batch]]]:
         """Dump the table parsing every entry twice: with the fast C parser and

@@ -5,6 +5,7 @@
     pyconntrack list [FILTER...] [--json]       # conntrack -L, one flow a line
     pyconntrack count [FILTER...]               # one number, counted in the kernel and C
     pyconntrack summary [FILTER...] [--json]    # totals by protocol, TCP state, status
+    pyconntrack top [--by src] [FILTER...]      # the most frequent sources (or other keys)
     pyconntrack delete FILTER... [--dry-run]    # refuses without a filter unless --all
     pyconntrack explain FILTER...               # what runs in the kernel, what in C
     pyconntrack limits [--json]                 # nf_conntrack_max, count, fill, buckets, timeouts
@@ -36,6 +37,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Text
 
 from . import health as _health
 from . import sysctl
+from . import top as _top
 from ._binding import nfct_version
 from .errors import BulkDeleteError, ConntrackError
 from .features import KernelFeatures
@@ -215,6 +217,27 @@ def cmd_summary(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
+    flt = _filter(args)
+    by = [part for item in args.by for part in item.split(",") if part.strip()] or ["src"]
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit: expected a positive number of keys, got %d" % args.limit)
+    try:
+        _top.parse_by(by)
+    except ValueError as exc:
+        raise UsageError("--by: %s" % str(exc).split(": ", 1)[1]) from None
+    with _open(args) as ct:
+        t = ct.top(by if len(by) > 1 else by[0], args.limit, flt)
+    if args.json:
+        _json_line(out, {"by": list(t.by), "total": t.total, "distinct": t.distinct,
+                         "top": [{"key": _top.key_json(k), "count": n} for k, n in t]})
+        return EXIT_OK
+    for key, n in t:
+        out.write("%8d  %s\n" % (n, _top.key_text(key)))
+    out.write("%s matched, %d distinct %s\n" % (_entries(t.total), t.distinct, ",".join(t.by)))
+    return EXIT_OK
+
+
 def delete_dict(r: DeleteResult) -> Dict[str, Any]:
     """A :class:`~conntrack.DeleteResult` as JSON-ready values."""
     d: Dict[str, Any] = {"deleted": r.deleted, "vanished": r.vanished, "method": r.method,
@@ -391,6 +414,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     add("count", cmd_count, "print how many entries match (counted in the kernel and C)", filters=True)
     add("summary", cmd_summary, "totals of the entries that match: by protocol, TCP state, "
         "UNREPLIED and ASSURED", [as_json], True)
+    p = add("top", cmd_top, "who fills the table: the most frequent sources (or other keys) among the "
+            "entries that match, counted in C during one dump", [as_json], True)
+    p.add_argument("--by", action="append", default=[], metavar="FIELD[,FIELD...]",
+                   help="what to group by: src, dst, src/24 (or src/64 for IPv6, src/24/64 for both), sport, "
+                        "dport, proto, state, zone, mark, family; several (comma-separated or repeated) "
+                        "group by their tuple (default: src)")
+    p.add_argument("--limit", type=_int, default=20, metavar="N", help="how many keys to print (default 20)")
     p = add("delete", cmd_delete, "delete the entries that match; refuses without a filter unless --all",
             [as_json], True)
     p.add_argument("--dry-run", action="store_true", help="delete nothing; list what would be deleted")

@@ -22,6 +22,7 @@ from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Flow, entry_fields
 from .netns import NetnsSpec, resolve
+from .top import By, Top, decode, parse_by
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,25 @@ class Conntrack:
             except ValueError:  # a state newer than this build's headers
                 continue
         return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
+
+    def top(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
+            family: Union[str, int, Family, None] = None) -> Top:
+        """The *n* most frequent keys among the matching entries (all with
+        ``n=None``), as ``(key, count)`` pairs, most frequent first.
+
+        *by* is a field such as ``"src"``, ``"dport"``, ``"src/24"``, or a
+        tuple such as ``("src", "dport")``; see :mod:`conntrack.top`.  One
+        dump, counted in C in a hash table of distinct keys: no Python
+        object per entry.
+        """
+        names, parts = parse_by(by)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError("n: expected a positive number of keys or None, got %r" % (n,))
+        plan = self._plan(filter, family)
+        rows, total, distinct = self._sock.top(
+            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user), parts,
+            2**31 - 1 if n is None else n)
+        return decode(names, parts, rows, total, distinct)
 
     def get(self, flow: Optional[Flow] = None, **keywords: Any) -> Flow:
         """The current entry for a flow's original tuple (and zone).
