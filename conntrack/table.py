@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _binding
 from .enums import Family, Proto, Status, TCPState, parse_family
@@ -192,15 +192,8 @@ class Conntrack:
         """Totals by protocol, TCP state and status from one dump, with no
         Python object per entry (what a monitoring scrape needs)."""
         plan = self._plan(filter, family)
-        total, unreplied, assured, protos, states = self._sock.summary(
-            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
-        tcp_states: Dict[TCPState, int] = {}
-        for value, n in states.items():
-            try:
-                tcp_states[TCPState(value)] = n
-            except ValueError:  # a state newer than this build's headers
-                continue
-        return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
+        return _summary(self._sock.summary(plan.family, _binding.kfilter(plan.kernel),
+                                           _binding.ufilter(plan.user)))
 
     def top(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
             family: Union[str, int, Family, None] = None) -> Top:
@@ -212,14 +205,21 @@ class Conntrack:
         dump, counted in C in a hash table of distinct keys: no Python
         object per entry.
         """
+        return self.top_and_summary(by, n, filter, family=family)[0]
+
+    def top_and_summary(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
+                        family: Union[str, int, Family, None] = None) -> Tuple[Top, Summary]:
+        """:meth:`top` and :meth:`summary` from the same single dump."""
         names, parts = parse_by(by)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError("n: expected a positive number of keys or None, got %r" % (n,))
         plan = self._plan(filter, family)
-        rows, total, distinct = self._sock.top(
+        counts, summary = self._sock.top(
             plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user), parts,
             2**31 - 1 if n is None else n)
-        return decode(names, parts, rows, total, distinct)
+        assert counts is not None
+        rows, distinct = counts
+        return decode(names, parts, rows, summary[0], distinct), _summary(summary)
 
     def get(self, flow: Optional[Flow] = None, **keywords: Any) -> Flow:
         """The current entry for a flow's original tuple (and zone).
@@ -413,6 +413,17 @@ class Conntrack:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return "<Conntrack %s %s>" % (state, self.features)
+
+
+def _summary(values: _binding.SummaryValues) -> Summary:
+    total, unreplied, assured, protos, states = values
+    tcp_states: Dict[TCPState, int] = {}
+    for value, n in states.items():
+        try:
+            tcp_states[TCPState(value)] = n
+        except ValueError:  # a state newer than this build's headers
+            continue
+    return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
 
 
 def _filter_kwargs(flt: Filter) -> dict:

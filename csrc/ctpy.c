@@ -1048,29 +1048,22 @@ int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
     return 0;
 }
 
+static void summary_add(struct ctpy_summary *out, const struct ctpy_record *r)
+{
+    out->total++;
+    if (!(r->status & IPS_SEEN_REPLY))
+        out->unreplied++;
+    if (r->status & IPS_ASSURED)
+        out->assured++;
+    out->by_proto[r->orig.proto]++;
+    if (r->orig.proto == IPPROTO_TCP && (r->present & CTPY_HAS_STATE) && r->state < 32)
+        out->tcp_states[r->state]++;
+}
+
 int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
                       struct ctpy_summary *out)
 {
-    char pool[8192];
-
-    memset(out, 0, sizeof(*out));
-    while (s->dumping) {
-        struct ctpy_record r;
-        int n = dump_walk(s, uf, &r, 1, pool, sizeof(pool), NULL);
-        if (n < 0)
-            return n;
-        if (n == 0)
-            continue;
-        out->total++;
-        if (!(r.status & IPS_SEEN_REPLY))
-            out->unreplied++;
-        if (r.status & IPS_ASSURED)
-            out->assured++;
-        out->by_proto[r.orig.proto]++;
-        if (r.orig.proto == IPPROTO_TCP && (r.present & CTPY_HAS_STATE) && r.state < 32)
-            out->tcp_states[r.state]++;
-    }
-    return 0;
+    return ctpy_dump_top(s, uf, NULL, out);
 }
 
 /* Top talkers: one dump, each matching entry counted under a key built
@@ -1290,17 +1283,23 @@ static int top_add(struct ctpy_top *t, const struct ctpy_record *r)
     return 0;
 }
 
+/* The counting dump behind summary() and top(): each matching entry goes
+ * into the summary and/or the key table (either may be NULL). */
 int ctpy_dump_top(struct ctpy_sock *s, const struct ctpy_filter *uf,
-                  struct ctpy_top *t)
+                  struct ctpy_top *t, struct ctpy_summary *sum)
 {
     char pool[8192];
 
+    if (sum)
+        memset(sum, 0, sizeof(*sum));
     while (s->dumping) {
         struct ctpy_record r;
         int n = dump_walk(s, uf, &r, 1, pool, sizeof(pool), NULL);
         if (n < 0)
             return n;
-        if (n == 1) {
+        if (n == 1 && sum)
+            summary_add(sum, &r);
+        if (n == 1 && t) {
             int err = top_add(t, &r);
             if (err) {
                 s->dumping = 0; /* the caller closes the dump socket */

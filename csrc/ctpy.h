@@ -218,7 +218,7 @@ int ctpy_top_keylen(const struct ctpy_topspec *spec);
 struct ctpy_top *ctpy_top_new(const struct ctpy_topspec *spec);
 void ctpy_top_free(struct ctpy_top *t);
 int ctpy_dump_top(struct ctpy_sock *s, const struct ctpy_filter *uf,
-                  struct ctpy_top *t);
+                  struct ctpy_top *t, struct ctpy_summary *sum);
 uint64_t ctpy_top_total(const struct ctpy_top *t);
 uint64_t ctpy_top_distinct(const struct ctpy_top *t);
 int ctpy_top_result(struct ctpy_top *t, int max, uint8_t *keys, uint64_t *counts);
