@@ -240,7 +240,24 @@ class Conntrack:
             raise TypeError("create: expected a Flow, got %r" % (flow,))
         if flow.timeout is None:
             raise ValueError("timeout: required to create a flow")
-        self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
+        try:
+            self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
+        except ConntrackOSError as exc:
+            if exc.errno in (errno.ENOMEM, errno.ENOSPC):
+                raise self._insert_refused(exc.errno, "create of %s" % flow) from None
+            raise
+
+    def _insert_refused(self, err: int, what: str) -> OSError:
+        """The error for a create the kernel refused for want of room, saying which room, with numbers."""
+        try:
+            count, limit = self._sock.global_stats()
+            totals: Dict[str, int] = {}
+            for row in self._sock.cpu_stats():
+                for k, v in row.items():
+                    totals[k] = totals.get(k, 0) + v
+        except OSError:
+            return from_errno(err, what)
+        return from_errno(err, insert_refused_text(err, what, count, limit, totals, _buckets()))
 
     def update(
         self,
@@ -382,7 +399,11 @@ class Conntrack:
                 raise
             created += done
             if failed:
-                refusal = from_errno(err, "create of %s (after %d created)" % (Flow._from_batch(b, index), created))
+                what = "create of %s (after %d created)" % (Flow._from_batch(b, index), created)
+                if err in (errno.ENOMEM, errno.ENOSPC):
+                    refusal = self._insert_refused(err, what)
+                else:
+                    refusal = from_errno(err, what)
                 refusal.created = created  # type: ignore[attr-defined]
                 raise refusal
 
@@ -413,6 +434,42 @@ class Conntrack:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return "<Conntrack %s %s>" % (state, self.features)
+
+
+def _buckets() -> Optional[int]:
+    """nf_conntrack_buckets (one hash table for every namespace, so readable from this one)."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_buckets") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def insert_refused_text(err: int, what: str, count: int, limit: int, totals: Dict[str, int],
+                        buckets: Optional[int]) -> str:
+    """What a create refused with ENOMEM or ENOSPC means, with the numbers and what to do.
+
+    The kernel answers ENOMEM when the namespace's table is full (it also
+    logs "nf_conntrack: table full, dropping packet" and drops new flows'
+    packets meanwhile), and ENOSPC when the entry's hash bucket already
+    holds too long a chain (statistic ``chaintoolong``): many entries, few
+    buckets, and the bucket array is shared by every namespace.
+    """
+    stats = "chaintoolong %d, insert_failed %d, drop %d, early_drop %d in this namespace since it was made" % (
+        totals.get("chaintoolong", 0), totals.get("insert_failed", 0), totals.get("drop", 0),
+        totals.get("early_drop", 0))
+    if err == errno.ENOSPC:
+        return ("%s: no space: a hash chain is too long (the kernel refuses to grow one bucket's chain "
+                "further; %s). %d entries here (limit %d); %s buckets for every namespace's entries. "
+                "Raise the hash size (pyconntrack set-hashsize N, one bucket per entry keeps chains short) "
+                "or delete entries (pyconntrack top shows who fills the table)"
+                % (what, stats, count, limit, buckets if buckets is not None else "?"))
+    if limit and count >= limit:
+        return ("%s: the table is full: %d of %d entries (nf_conntrack_max); new flows are dropped too (%s). "
+                "Raise the limit (pyconntrack set-max N from the host; pyconntrack limits --recommend) or "
+                "delete entries (pyconntrack top shows who fills the table; pyconntrack delete --unreplied)"
+                % (what, count, limit, stats))
+    return "%s: out of memory (%d of %d entries; %s)" % (what, count, limit, stats)
 
 
 def _summary(values: _binding.SummaryValues) -> Summary:
