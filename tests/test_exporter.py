@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 import conntrack
-from conntrack.errors import MissingDependency
 from conntrack import _binding
+from conntrack.errors import MissingDependency
 from conntrack.exporter import NODE_STATS, ConntrackCollector
 
 Series = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
