@@ -648,7 +648,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                     "read and raise its limit, judge its health.",
         epilog="Exit status: 0 success, 1 refused by the kernel or the system, 2 bad usage or value; "
                "health: 0 ok, 1 warning, 2 critical, 3 unknown (an error). "
-               "Only delete (without --dry-run) and set-max change anything.",
+               "Only delete (without --dry-run), set-max, set-hashsize and set-timeout change anything.",
     )
     ap.add_argument("--version", action="version",
                     version="pyconntrack %s (libnetfilter_conntrack %s)" % (_version(), nfct_version()))

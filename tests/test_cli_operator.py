@@ -5,6 +5,7 @@ set-hashsize, set-timeout, progress on a terminal, clear --netns errors, a full 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import pty
@@ -20,7 +21,7 @@ import pytest
 from helpers import Netns
 
 import conntrack
-from conntrack import Filter, Flow, sysctl
+from conntrack import Filter, Flow, health, sysctl
 from conntrack.table import insert_refused_text
 
 CLI = [sys.executable, "-m", "conntrack"]
@@ -334,8 +335,12 @@ def test_a_full_table_says_so_with_numbers(netns):
     assured = dict(proto="tcp", dst="10.250.0.1", dport=443, timeout=600, state="ESTABLISHED",
                    status="SEEN_REPLY|ASSURED")
     with conntrack.Conntrack(netns.name) as ct:
-        flows = (Flow(src="10.%d.%d.%d" % (i >> 16 & 255, i >> 8 & 255, i & 255), sport=1000 + i % 50000,
-                      **assured) for i in range(limit))
+        heavy = min(60000, limit // 2)  # one source opens the most
+
+        def src(i: int) -> str:
+            return "10.200.0.1" if i < heavy else "10.%d.%d.%d" % (i >> 16 & 255, i >> 8 & 255, i & 255)
+
+        flows = (Flow(src=src(i), sport=1024 + i % 60000, **assured) for i in range(limit))
         try:
             made = ct.create_many(flows)
         except OSError as exc:  # another process may raise or lower the global limit meanwhile
@@ -354,6 +359,12 @@ def test_a_full_table_says_so_with_numbers(netns):
             ct.create_many([Flow(src="10.252.0.1", sport=1, **assured)])
         assert info2.value.created == 0  # type: ignore[attr-defined]
         assert ct.count(Filter(src="10.252.0.1")) == 0
+        h = health.health(ct)  # over the warning fill: the verdict names who fills the table
+        assert h.verdict is health.Verdict.critical
+        assert h.top_sources[0] == (ipaddress.IPv4Address("10.200.0.1"), heavy)
+        assert "top sources: 10.200.0.1 %d" % heavy in str(h)
+        r = run("health", "--netns", netns.name, "--interval", "0", "--json")
+        assert r.returncode == 2 and json.loads(r.stdout)["top_sources"][0] == ["10.200.0.1", heavy]
 
 
 def test_a_chain_too_long_says_so():
@@ -363,3 +374,16 @@ def test_a_chain_too_long_says_so():
                                {"chaintoolong": 12, "insert_failed": 3}, 65536)
     assert "a hash chain is too long" in text and "chaintoolong 12, insert_failed 3" in text
     assert "65536 buckets" in text and "set-hashsize" in text
+
+
+def test_health_below_the_warning_fill_costs_no_dump(ns, monkeypatch):
+    from conntrack import _binding
+    started: List[int] = []
+    real = _binding.Socket._start_dump
+    monkeypatch.setattr(_binding.Socket, "_start_dump", lambda self, *a: started.append(1) or real(self, *a))
+    with conntrack.Conntrack(ns.name) as ct:
+        h = health.health(ct)
+        assert h.fill < health.WARNING_FILL and h.top_sources == () and "top sources" not in str(h)
+        assert started == []
+        ct.top("src", 1)
+        assert started == [1]  # the counter sees dumps
