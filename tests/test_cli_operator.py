@@ -342,20 +342,23 @@ def test_a_full_table_says_so_with_numbers(netns):
 
         flows = (Flow(src=src(i), sport=1024 + i % 60000, **assured) for i in range(limit))
         try:
-            made = ct.create_many(flows)
-        except OSError as exc:  # another process may raise or lower the global limit meanwhile
-            made = exc.created  # type: ignore[attr-defined]
-        assert made >= min(limit, ct.limit()) - 1024
+            ct.create_many(flows)
+        except OSError as exc:  # full early: another test may lower the global limit for a moment
+            assert exc.errno in (errno.ENOMEM, errno.ENOSPC), exc
         with pytest.raises(OSError) as info:
-            for i in range(2048):  # up to the limit, whatever it is now
+            for i in range(4096):  # top up to the limit, whatever it is now
                 ct.create(Flow(src="10.251.%d.%d" % (i >> 8, i & 255), sport=1, **assured))
         exc = info.value
-        now, lim = ct.count(), ct.limit()
-        assert exc.errno == errno.ENOMEM
         msg = str(exc)
-        assert "the table is full: %d of %d entries (nf_conntrack_max)" % (now, lim) in msg, msg
-        assert "pyconntrack set-max" in msg and "chaintoolong" in msg
-        with pytest.raises(OSError, match="the table is full") as info2:
+        if exc.errno == errno.ENOSPC:  # the bucket array is shared: other namespaces' entries lengthen chains
+            assert "a hash chain is too long" in msg and "set-hashsize" in msg, msg
+        else:
+            assert exc.errno == errno.ENOMEM, msg
+            m = re.search(r"the table is full: (\d+) of (\d+) entries \(nf_conntrack_max\)", msg)
+            assert m and int(m.group(1)) >= int(m.group(2)) > 0, msg
+            assert "pyconntrack set-max" in msg
+        assert "chaintoolong" in msg and "insert_failed" in msg
+        with pytest.raises(OSError, match="the table is full|a hash chain is too long") as info2:
             ct.create_many([Flow(src="10.252.0.1", sport=1, **assured)])
         assert info2.value.created == 0  # type: ignore[attr-defined]
         assert ct.count(Filter(src="10.252.0.1")) == 0
