@@ -386,9 +386,26 @@ class Bench:
         if not a == b == c:
             self.notes["top"] = "MISMATCH: top source counts %d (ct.top), %d (pyconntrack), %d (pipeline)" % (a, b, c)
             log("    !! " + self.notes["top"])
-        distinct = ct.top("src", 1).distinct
-        self.notes["top_keys"] = "top: %s distinct sources in the table (the C hash table holds one slot per " \
-                                 "source, not per entry)" % fmt_n(distinct)
+        _secs, proc = self.wall([sys.executable, "-c", self.TOP_MEMORY_CODE, self.ns.name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        distinct, before, after = (int(x) for x in proc.stdout.split())
+        self.memory["top_peak_growth"] = (after - before) / 1024
+        self.notes["top_keys"] = ("top: %s distinct sources among %s entries; peak RSS growth of ct.top('src') "
+                                  "in a fresh process: %.1f MiB (the C hash table holds one slot per distinct "
+                                  "key, not per entry)" % (fmt_n(distinct), fmt_n(self.n),
+                                                           self.memory["top_peak_growth"]))
+        log("    " + self.notes["top_keys"])
+
+    TOP_MEMORY_CODE = r"""
+import resource, sys
+import conntrack
+with conntrack.Conntrack(sys.argv[1]) as ct:
+    ct.count()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = ct.top("src", 20)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(t.distinct, before, after)
+"""
 
     # -- 7. events ---------------------------------------------------------------------------
 
