@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import os
 import time
 import weakref
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Deque, Iterator, Optional
 
 from . import _binding
+from .enums import NamedIntFlag
 from .filter import Plan
 from .flow import Flow
 
@@ -36,7 +36,7 @@ DEFAULT_RCVBUF = 256 * 1024 * 1024
 _WAIT_SLICE = 0.5
 
 
-class EventType(enum.IntFlag):
+class EventType(NamedIntFlag):
     """What happened to an entry."""
 
     NEW = _binding.EV_NEW
