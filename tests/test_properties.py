@@ -215,7 +215,7 @@ def test_bulk_delete_removes_exactly_the_matches(shared_netns, table, flt):
             dry = handle.delete(flt, dry_run=True)
             assert dry.dry_run and len(dry.matched) == len(before) - len(survivors)
             assert handle.count() == len(before)
-            result = handle.delete(flt)
+            result = handle.delete(flt, all=flt.matches_everything)
             assert {f.key for f in handle.dump()} == survivors
             assert result.deleted == len(before) - len(survivors)
             if handle is slow and flt != Filter():  # an unfiltered flush needs no feature
