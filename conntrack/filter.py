@@ -17,13 +17,13 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 from . import _binding
 from .enums import Family, Proto, State, Status, parse_family, parse_proto, parse_state, parse_status
 from .features import KernelFeatures
-from .flow import check_int, check_port, labels_to_bytes
+from .flow import _PORT_PROTOS, check_int, check_port, labels_to_bytes
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 PortSpec = Union[int, str, Tuple[int, int], range]
 
 _KERNEL_PORT_PROTOS = (Proto.tcp, Proto.udp)  # the kernel's tuple filter compares ports only for these
-_PORT_PROTOS = (Proto.tcp, Proto.udp, Proto.udplite, Proto.sctp, Proto.dccp)  # ctpy_match's has_ports()
+
 
 
 def _network(value: Any, field_name: str) -> Network:

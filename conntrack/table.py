@@ -29,6 +29,7 @@ from .errors import (
     DumpInterrupted,
     HandleClosed,
     MatchesEverything,
+    Unsupported,
     WrongOwner,
     from_errno,
 )
@@ -334,6 +335,7 @@ class Conntrack:
             raise TypeError("create: expected a Flow, got %r" % (flow,))
         if flow.timeout is None:
             raise ValueError("timeout: required to create a flow")
+        _check_creatable(flow)
         self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
 
     @_owned
@@ -547,6 +549,7 @@ class Conntrack:
                 raise TypeError("create_many: expected Flow objects, got %r" % (f,))
             if f.timeout is None:
                 raise ValueError("timeout: required to create a flow (%s)" % f)
+            _check_creatable(f)
             pending.append((f._b, f._i))
             if len(pending) >= chunk:
                 send()
@@ -571,6 +574,28 @@ class Conntrack:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return "<Conntrack %s %s>" % (state, self.features)
+
+
+_DCCP_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_dccp_timeout_open"
+
+
+@functools.lru_cache(maxsize=1)
+def dccp_keeps_ports() -> bool:
+    """Whether the kernel tracks DCCP with ports.  Kernels from 6.16 dropped
+    DCCP tracking: a DCCP entry is tracked like an unknown protocol, its ports
+    are dropped on create (so a second flow between the same hosts is a
+    duplicate).  The DCCP sysctls exist only while the kernel tracks DCCP."""
+    return os.path.exists(_DCCP_SYSCTL)
+
+
+def _check_creatable(flow: Flow) -> None:
+    """Refuse what the kernel would silently drop from a new entry."""
+    if flow.proto == Proto.dccp and not dccp_keeps_ports():
+        ports = (flow.orig.sport, flow.orig.dport, flow.reply.sport, flow.reply.dport)
+        if any(ports):
+            raise Unsupported(errno.EOPNOTSUPP, "create: this kernel tracks DCCP without ports (DCCP tracking "
+                              "was removed in 6.16), so ports %s would be dropped; give sport=0 and dport=0"
+                              % "/".join(str(p or 0) for p in ports[:2]))
 
 
 def _flows(batches: Iterator[_binding.Batch], where: Optional[Callable[[Flow], bool]],
