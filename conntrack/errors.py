@@ -77,8 +77,12 @@ class WrongOwner(ConntrackError, RuntimeError):
     (and per process)."""
 
 
-class NotANamespace(ConntrackError, ValueError):
-    """The path or descriptor given as ``netns`` is not a network namespace."""
+
+
+class NotANamespace(ConntrackOSError, ValueError):
+    """The path or descriptor given as ``netns`` is not a network namespace
+    (EINVAL).  Also an :class:`OSError`: a name under /run/netns whose
+    namespace is being created or deleted looks like this for a moment."""
 
 
 class TimedOut(ConntrackOSError, TimeoutError):

@@ -30,7 +30,7 @@ def _check_netns(fd: int, what: str) -> None:
     except OSError:
         kind = None  # not an nsfs file at all (ENOTTY), or a kernel without the ioctl
     if kind != _CLONE_NEWNET:
-        raise NotANamespace("netns: %s is not a network namespace" % what)
+        raise NotANamespace(errno.EINVAL, "netns: %s is not a network namespace" % what)
 
 
 def resolve(netns: NetnsSpec) -> Optional[int]:
