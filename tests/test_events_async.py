@@ -103,10 +103,14 @@ def test_async_overflow_counts_add_up_while_reading_concurrently(netns):
     n = 20000
 
     async def main():
-        with conntrack.Conntrack(netns.name) as ct, conntrack.Conntrack(netns.name) as writer:
+        def make_burst():
+            with conntrack.Conntrack(netns.name) as writer:  # a handle belongs to its thread
+                writer.create_many(_udp(i) for i in range(n))
+
+        with conntrack.Conntrack(netns.name) as ct:
             async with ct.aevents(rcvbuf=64 * 1024, types=EventType.NEW) as stream:
                 loop = asyncio.get_running_loop()
-                burst = loop.run_in_executor(None, writer.create_many, (_udp(i) for i in range(n)))
+                burst = loop.run_in_executor(None, make_burst)
                 accounted = asyncio.Event()
                 counts = {"received": 0, "lost": 0}
 
@@ -126,7 +130,7 @@ def test_async_overflow_counts_add_up_while_reading_concurrently(netns):
                 # Every burst event reached the queue or was counted as dropped: once all are
                 # accounted for, the queue has run dry and a last event gets through.
                 await accounted.wait()
-                writer.create(Flow(proto="tcp", src="10.200.0.1", dst="10.200.0.2", sport=1, dport=2, timeout=60))
+                ct.create(Flow(proto="tcp", src="10.200.0.1", dst="10.200.0.2", sport=1, dport=2, timeout=60))
                 await consumer
                 return counts["received"], counts["lost"], stream.lost
 
@@ -215,8 +219,12 @@ def test_loop_stays_responsive_while_a_200k_dump_runs_in_a_thread(ns_ct):
                 if not done:
                     ticks_while_dumping += 1
 
+        def dump_all():
+            with conntrack.Conntrack(ns_ct.ns.name) as ct:  # a handle belongs to its thread
+                return list(ct.dump())
+
         t = asyncio.create_task(ticker())
-        flows = await asyncio.to_thread(list, ns_ct.dump())
+        flows = await asyncio.to_thread(dump_all)
         done = True
         await t
         return len(flows), ticks_while_dumping
