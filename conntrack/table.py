@@ -271,8 +271,8 @@ class Conntrack:
         added; asking for another bit the entry does not have already raises
         ``ValueError`` (the kernel would ignore it).  Labels
         need connlabel storage in the namespace (a ruleset that uses
-        ``ct label``); without it the kernel refuses them (ENOSPC) and drops
-        them silently on create.
+        ``ct label``); without it the kernel refuses them (ENOSPC; on create it
+        drops them, and :meth:`create` raises).
         Raises :class:`conntrack.NotFound` when the entry is gone.
         """
         if not isinstance(flow, Flow):
