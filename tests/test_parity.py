@@ -391,3 +391,41 @@ def test_a_nat_clash_is_refused_by_both_tools(ns_ct):
     with pytest.raises(OSError):
         ns_ct.create(Flow(src="10.7.0.3", sport=1, **snat))
     assert len(_cli_entries(ns_ct)) == 1
+
+
+# -- the same options on pyconntrack --------------------------------------------------------------
+
+
+def _pyct(ns, *args: str) -> subprocess.CompletedProcess:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-m", "conntrack", *args, "--netns", ns.name], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=root), timeout=120)
+
+
+@pytest.mark.parametrize("args", [["--src-nat", "192.168.1.1:4000"], ["--dst-nat"], ["--any-nat"],
+                                  ["--dst-nat", "10.0.0.9"]], ids=lambda v: None)
+def test_pyconntrack_list_and_delete_take_the_nat_options(ns_ct, args):
+    _nat_table(ns_ct)
+    listed = _pyct(ns_ct.ns, "list", *args)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(_norm(line) for line in listed.stdout.splitlines()) == _cli_entries(ns_ct, *args)
+    if args[0] == "--any-nat":
+        return  # conntrack -D takes no --any-nat
+    ns_ct.ns.cli("-D", *args)
+    left_by_cli = _cli_entries(ns_ct)
+    ns_ct.flush()
+    _nat_table(ns_ct)
+    deleted = _pyct(ns_ct.ns, "delete", *args)
+    assert deleted.returncode == 0, deleted.stderr
+    assert _cli_entries(ns_ct) == left_by_cli
+
+
+def test_pyconntrack_zone_options_and_bad_nat_values(ns_ct):
+    _zone_table(ns_ct)
+    listed = _pyct(ns_ct.ns, "list", "--reply-zone", "3")
+    assert sorted(_norm(line) for line in listed.stdout.splitlines()) == _cli_entries(ns_ct, "--reply-zone", "3")
+    before = _cli_entries(ns_ct)
+    for args in (["--src-nat", "1.2.3.4:99999"], ["--dst-nat", "1.2.3"], ["--orig-zone", "70000"]):
+        bad = _pyct(ns_ct.ns, "delete", *args)
+        assert bad.returncode == 2 and args[0] in bad.stderr, bad.stderr
+    assert _cli_entries(ns_ct) == before
