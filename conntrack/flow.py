@@ -153,6 +153,9 @@ def status_names(bits: int) -> str:
     return "|".join(names)
 
 
+_PLAIN_STATUS = int(SETTABLE_STATUS | Status.CONFIRMED)
+
+
 def check_create(flow: Flow) -> None:
     """ValueError when *flow* asks for status bits a create cannot set.
 
@@ -160,13 +163,14 @@ def check_create(flow: Flow) -> None:
     NAT_DONE bits) when the reply tuple is translated; a user may set only
     ``SETTABLE_STATUS``.  Any other bit would be dropped without a word.
     """
-    if not flow._has("status"):
+    status = flow._b.status(flow._i) if flow._has("status") else 0
+    if not status & ~_PLAIN_STATUS:  # the common case, without decoding the tuples
         return
     nat = flow._nat_bits()
-    allowed = SETTABLE_STATUS | Status.CONFIRMED
+    allowed = _PLAIN_STATUS
     if nat:
-        allowed |= nat | Status.SRC_NAT_DONE | Status.DST_NAT_DONE
-    bad = int(flow.status) & ~int(allowed)
+        allowed |= int(nat | Status.SRC_NAT_DONE | Status.DST_NAT_DONE)
+    bad = status & ~allowed
     if bad:
         msg = "status: the kernel does not let a create set %s" % status_names(bad)
         if bad & (Status.SRC_NAT | Status.DST_NAT | Status.SRC_NAT_DONE | Status.DST_NAT_DONE):
