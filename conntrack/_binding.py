@@ -230,6 +230,16 @@ def ufilter(spec: Dict[str, Any]) -> Any:
         elif key == "labels":
             ffi.memmove(f.labels_val, value[0], 16)
             ffi.memmove(f.labels_mask, value[1], 16)
+        elif key in ("src_nat", "dst_nat", "any_nat"):
+            family, addr, port = value
+            c = getattr(f, key)
+            c.family = family
+            if addr is not None:
+                ffi.memmove(c.addr, addr, len(addr))
+                c.has_addr = 1
+            if port is not None:
+                c.port = port
+                c.has_port = 1
         else:
             setattr(f, key, value)
     f.fields = fields

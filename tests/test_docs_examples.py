@@ -378,6 +378,27 @@ def test_explain_output_shown_in_filters_page(keywords, features):
     assert repr(Filter(**keywords).explain(features)) in page
 
 
+@pytest.mark.tool
+def test_delete_nat_deletes_what_conntrack_D_src_nat_deletes(ns_ct, capsys):
+    need_cli()
+
+    def nat_table() -> None:
+        ns_ct.create_many([Flow(proto="udp", src="10.0.0.%d" % i, dst="198.51.100.1", sport=1000, dport=53,
+                                timeout=600, reply_dst="192.0.2.%d" % (1 + i % 2), reply_dport=2000 + i)
+                           for i in range(1, 41)])
+        populate(ns_ct)
+
+    nat_table()
+    ns_ct.ns.cli("-D", "--src-nat", "192.0.2.1")
+    left_by_cli = without_timeouts(ns_ct.ns.cli_lines("-L"))
+    ns_ct.flush()
+    nat_table()
+    assert load("delete_nat").delete_nat(ns_ct, "192.0.2.1") == 20
+    assert capsys.readouterr().out.splitlines() == ["20 entries NATed to 192.0.2.1", "deleted 20 by batch"]
+    assert without_timeouts(ns_ct.ns.cli_lines("-L")) == left_by_cli
+    assert len(left_by_cli) == 20 + UNREPLIED + REPLIED
+
+
 # -- every example as a script, the way a reader runs it ------------------------
 
 
@@ -413,7 +434,7 @@ def test_quickstart_runs_and_matches_the_readme(netns):
 
 @pytest.mark.parametrize("script", [
     "table_usage.py", "drops.py", "list_all.py", "find_unreplied.py", "delete_unreplied.py",
-    "flow_lifecycle.py", "raw_cffi.py", "sysctl_read.py", "summary.py", "exporter_embed.py",
+    "flow_lifecycle.py", "raw_cffi.py", "sysctl_read.py", "summary.py", "exporter_embed.py", "delete_nat.py",
 ])
 def test_example_runs_as_a_script(netns, script):
     with Conntrack(netns.name) as ct:
