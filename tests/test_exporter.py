@@ -142,7 +142,7 @@ def test_the_command_serves_metrics(ns_ct):
                           "--address", "127.0.0.1", "--netns", ns_ct.ns.name],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while True:
             try:
                 series, _ = scrape(port)
