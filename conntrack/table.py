@@ -86,7 +86,7 @@ class Conntrack:
             if self._netns_fd is not None:
                 os.close(self._netns_fd)
             raise
-        self.features = features if features is not None else KernelFeatures.detect()
+        self.features = features if features is not None else KernelFeatures.default()
         """The kernel-side filters this handle uses."""
 
     # -- lifetime -------------------------------------------------------------
