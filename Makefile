@@ -68,6 +68,11 @@ bench: build
 compat-trixie: build
 	PY=$(VPY) bash scripts/compat-trixie.sh
 
+# The suite under Debian's 5.10, 6.1 and 6.12 kernels in QEMU, one summary line per kernel (KVM when
+# usable, else TCG: 10-25x slower).  KERNELS="6.1 path/to/linux-image-*.deb" picks others.  Not part of test.
+test-kernels: build
+	bash scripts/test-kernels.sh $(KERNELS)
+
 wheel: sysdeps venv
 	$(VPY) -m pip wheel --no-deps -q -w dist .
 
