@@ -104,9 +104,13 @@ tools=$cache/tools
 if [ ! -e "$tools/.done" ]; then
   rm -rf "$tools" && mkdir -p "$tools"
   for p in busybox-static/bookworm kmod/bookworm libkmod2/bookworm; do dpkg -x "$(fetch "$p")" "$tools"; done
+  mkdir -p "$tools/kbin" && for t in depmod modprobe; do ln -sf ../bin/kmod "$tools/kbin/$t"; done
   touch "$tools/.done"
 fi
-kmod() { LD_LIBRARY_PATH=$tools/usr/lib/x86_64-linux-gnu "$tools/bin/kmod" "$@"; }
+kmod() {  # kmod picks the tool by the name it is called with: kmod depmod ... runs kbin/depmod
+  local t=$1; shift
+  LD_LIBRARY_PATH=$tools/usr/lib/x86_64-linux-gnu "$tools/kbin/$t" "$@"
+}
 
 unpack_kernel() {  # .deb -> sets abi and kroot (unpacked once, with depmod's output)
   local deb=$1 pkg

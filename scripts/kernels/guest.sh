@@ -13,7 +13,6 @@ trap off EXIT
 
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
 note "userland up at uptime $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r)"
 uname -r > /results/uname
 
@@ -28,7 +27,7 @@ ip link set lo up
 modprobe nf_conntrack && modprobe nf_conntrack_netlink || note "modprobe nf_conntrack(_netlink) failed"
 note "nf_conntrack_max=$(cat /proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null)"
 
-cd "$TK_PROJ" || exit 1
+cd "$TK_PROJ" || { note "no $TK_PROJ in the guest"; exit 1; }
 export PYTHONDONTWRITEBYTECODE=1
 [ -n "$TK_CI" ] && export CI=$TK_CI
 eval "args=($TK_PYTEST_ARGS)"
