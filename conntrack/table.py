@@ -76,6 +76,10 @@ class Conntrack:
     socket is opened inside that namespace; the calling thread is always
     returned to its own.  Use as a context manager or call :meth:`close`.
     Not thread-safe.
+
+    ``features`` are the kernel-side filters the handle may use; by default
+    :meth:`KernelFeatures.default` (probed once per process, or what
+    ``CONNTRACK_FEATURES`` names).
     """
 
     def __init__(self, netns: NetnsSpec = None, *, features: Optional[KernelFeatures] = None) -> None:
