@@ -595,6 +595,11 @@ def setns(fd: int) -> None:
     check(lib.ctpy_setns(fd), "cannot enter the network namespace")
 
 
+def unshare_netns() -> None:
+    """Move the calling thread into a new, empty network namespace (it ends with the thread's sockets)."""
+    check(lib.ctpy_unshare_netns(), "cannot make a network namespace")
+
+
 def netns_open(path: str) -> int:
     """Open a network namespace file; the caller closes the descriptor.
 

@@ -473,7 +473,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
         fd = resolve(args.netns)  # the namespace must exist; its table is not read
         if fd is not None:
             os.close(fd)
-    out.write(flt.explain(KernelFeatures.detect()) + "\n")
+    out.write(flt.explain(KernelFeatures.default()) + "\n")
     return EXIT_OK
 
 

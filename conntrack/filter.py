@@ -421,7 +421,7 @@ class Filter:
 
     def explain(self, features: Optional[KernelFeatures] = None) -> str:
         """Say which parts run in the kernel and which in the C layer."""
-        plan = self.compile(features or KernelFeatures.detect())
+        plan = self.compile(features or KernelFeatures.default())
         return plan.explain()
 
 

@@ -137,6 +137,10 @@ class Conntrack:
     (only :meth:`close` works from any thread).  Every request waits at
     most ``timeout`` seconds for the kernel's answer
     (:class:`~conntrack.TimedOut`); ``None`` waits forever.
+
+    ``features`` are the kernel-side filters the handle may use; by default
+    :meth:`KernelFeatures.default` (probed once per process, or what
+    ``CONNTRACK_FEATURES`` names).
     """
 
     def __init__(self, netns: NetnsSpec = None, *, features: Optional[KernelFeatures] = None,
@@ -161,7 +165,7 @@ class Conntrack:
         self._finalizer = weakref.finalize(self, _finalize, self._sock, self._netns_fd,
                                            "Conntrack handle (netns %r)" % (netns,))
         self._finalizer.atexit = False
-        self.features = features if features is not None else KernelFeatures.detect()
+        self.features = features if features is not None else KernelFeatures.default()
         """The kernel-side filters this handle uses."""
 
     # -- lifetime -------------------------------------------------------------

@@ -1625,6 +1625,19 @@ int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                 if (nlh->nlmsg_type != NLMSG_ERROR || k >= (uint32_t)(i - start))
                     continue;
                 e = mnl_nlmsg_get_payload(nlh);
+                if (k == 0 && e->error == -EPERM) {
+                    /* nfnetlink checks CAP_NET_ADMIN once per sendmsg: it
+                     * acks the first request with EPERM and drops the rest,
+                     * whose acks never come.  Every request is refused. */
+                    if (!res->failed) {
+                        res->first_errno = EPERM;
+                        res->first_failed = start;
+                    }
+                    res->failed += n - start;
+                    drain(s);
+                    free(chunk);
+                    return 0;
+                }
                 pending--;
                 if (e->error == 0) {
                     res->done++;
@@ -1871,6 +1884,12 @@ drained:
 int ctpy_setns(int netns_fd)
 {
     return setns(netns_fd, CLONE_NEWNET) < 0 ? -errno : 0;
+}
+
+/* Move the calling thread into a new, empty network namespace (for probes). */
+int ctpy_unshare_netns(void)
+{
+    return unshare(CLONE_NEWNET) < 0 ? -errno : 0;
 }
 
 const char *ctpy_nfct_version(void)

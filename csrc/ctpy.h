@@ -269,4 +269,5 @@ int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
                      char *pool, uint32_t pool_size, int timeout_ms,
                      uint32_t *overflows);
 int ctpy_setns(int netns_fd);
+int ctpy_unshare_netns(void);
 const char *ctpy_nfct_version(void);
