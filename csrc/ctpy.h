@@ -79,11 +79,25 @@ struct ctpy_record {
 #define CTPY_F_MARK       0x0400
 #define CTPY_F_ZONE       0x0800
 #define CTPY_F_LABELS     0x1000
+#define CTPY_F_SRC_NAT    0x2000
+#define CTPY_F_DST_NAT    0x4000
+#define CTPY_F_ANY_NAT    0x8000
+#define CTPY_F_ORIG_ZONE  0x10000
+#define CTPY_F_REPLY_ZONE 0x20000
 
 struct ctpy_cidr {
     uint8_t addr[16];       /* already masked */
     uint8_t mask[16];
     uint8_t family;
+};
+
+/* A NAT match (conntrack's --src-nat/--dst-nat/--any-nat [ADDR[:PORT]]). */
+struct ctpy_nat {
+    uint8_t addr[16];       /* the translated address, when has_addr */
+    uint16_t port;          /* the translated port, when has_port */
+    uint8_t family;
+    uint8_t has_addr;
+    uint8_t has_port;
 };
 
 /* The userspace filter, evaluated in C on every parsed record. */
@@ -103,10 +117,15 @@ struct ctpy_filter {
     uint16_t dport_lo;
     uint16_t dport_hi;
     uint16_t zone;
+    uint16_t orig_zone;     /* a zone of the original direction only */
+    uint16_t reply_zone;    /* a zone of the reply direction only */
     uint8_t family;
     uint8_t proto;
     uint8_t labels_val[16];
     uint8_t labels_mask[16];
+    struct ctpy_nat src_nat;
+    struct ctpy_nat dst_nat;
+    struct ctpy_nat any_nat;
 };
 
 /* Bits of ctpy_kfilter.fields: what the kernel is asked to filter. */
@@ -277,4 +296,5 @@ int ctpy_events_drops(const struct ctpy_sock *s, uint32_t *drops);
 int ctpy_events_bpf(struct ctpy_sock *s, const struct ctpy_bpf *b);
 int ctpy_events_bpf_zone(void);
 int ctpy_setns(int netns_fd);
+int ctpy_unshare_netns(void);
 const char *ctpy_nfct_version(void);
