@@ -536,9 +536,13 @@ def test_service_agent_stays_whole_across_an_overflow(ns_ct):
     assert len(want) == 6000 - 250 and set(agent.flows) == want
     assert value("service_connections_active") == len(want)
     assert value("service_resyncs_total") >= 2 and value("service_events_lost_total") > 0  # start + overflow
-    # everything the agent was told about, plus what it lost, is every NEW and DESTROY of the service
     told = value("service_connections_opened_total") + value("service_connections_closed_total")
-    assert told + value("service_events_lost_total") == 6000 + 250
+    if ns_ct.features.events_bpf:
+        # the kernel passes only the service's connections (its protocol and address):
+        # what the agent was told about, plus what it lost, is every NEW and DESTROY of the service
+        assert told + value("service_events_lost_total") == 6000 + 250
+    else:  # the other half is lost too, or dropped in C
+        assert told + value("service_events_lost_total") <= 2 * 6000 + 250
 
 
 def test_service_agent_runs_as_a_script(netns):

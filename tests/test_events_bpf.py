@@ -151,7 +151,7 @@ def _burst(i: int) -> Flow:
 def test_a_kernel_side_filter_overflows_less_on_the_same_burst(netns):
     wanted = Filter(proto="udp", src="10.200.0.0/16")
     n = 20000
-    with conntrack.Conntrack(netns.name) as bpf_ct, \
+    with conntrack.Conntrack(netns.name, features=KernelFeatures(events_bpf=True)) as bpf_ct, \
             conntrack.Conntrack(netns.name, features=KernelFeatures.none()) as c_ct:
         assert wanted.compile(bpf_ct.features).events_bpf and not wanted.compile(c_ct.features).events_bpf
         with bpf_ct.events(wanted, rcvbuf=256 * 1024, idle_timeout=0, types=EventType.NEW) as with_bpf, \
