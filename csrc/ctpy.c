@@ -725,6 +725,8 @@ static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
         return -1;
     if (orig_counters)
         f.p |= CTPY_HAS_COUNTERS;
+    else  /* a record has counters when the original direction's are there */
+        memset(r->counters, 0, sizeof(r->counters));
     if (help && fast_string(help, CTA_HELP_NAME, pool, used, &r->helper_off,
                             &r->helper_len, &f.bad))
         f.p |= CTPY_HAS_HELPER;

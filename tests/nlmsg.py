@@ -110,6 +110,7 @@ class Encoded:
     data: bytearray
     spots: List[Spot] = field(default_factory=list)
     top: List[int] = field(default_factory=list)  # offsets where a top-level attribute ends (padded or not)
+    ends: List[int] = field(default_factory=list)  # each top-level attribute's padded end
 
 
 def _encode(a: Attr, out: bytearray, spots: List[Spot], depth: int, walked: bool) -> None:
@@ -134,7 +135,7 @@ def encode(attrs: List[Attr], family: int, msg: Optional[int] = None, flags: int
     out = bytearray(NLMSG_HDRLEN)
     out += struct.pack("=BBH", family, 0, 0)
     spots: List[Spot] = []
-    top = []
+    top: List[int] = []
     for a in attrs:
         start = len(out)
         _encode(a, out, spots, 0, True)
@@ -143,7 +144,7 @@ def encode(attrs: List[Attr], family: int, msg: Optional[int] = None, flags: int
     t = ((W["NFNL_SUBSYS_CTNETLINK"] if subsys is None else subsys) << 8) | (
         W["IPCTNL_MSG_CT_NEW"] if msg is None else msg)
     struct.pack_into("=IHHII", out, 0, len(out), t, flags, seq, 0)
-    return Encoded(out, spots, top)
+    return Encoded(out, spots, top, top[1::2])
 
 
 def _parent_ends(attrs: List[Attr], spots: List[Spot], msg_end: int) -> None:

@@ -264,7 +264,7 @@ def test_truncated_messages_are_refused_unless_cut_between_attributes(entry: Any
     msg = bytearray(enc.data[:cut])
     if cut >= 4:
         struct.pack_into("=I", msg, 0, cut)
-    orig_end = next(end for a, end in zip(attrs, enc.top) if a.type == W["CTA_TUPLE_ORIG"])
+    orig_end = next(end for a, end in zip(attrs, enc.ends) if a.type == W["CTA_TUPLE_ORIG"])
     if cut in enc.top and cut >= orig_end:
         agree(bytes(msg))  # whole attributes: a shorter but well-formed entry
     else:
