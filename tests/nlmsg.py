@@ -8,11 +8,14 @@ through ``_binding.WIRE``.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from conntrack import _binding
 from conntrack._binding import WIRE
 
 W = WIRE
@@ -46,7 +49,7 @@ class Attr:
 
     type: int
     data: bytes = b""
-    children: Optional[List["Attr"]] = None
+    children: Optional[List[Attr]] = None
     checked: bool = False
     kind: str = "raw"
     flags: int = 0
@@ -56,7 +59,7 @@ class Attr:
     def nest(self) -> bool:
         return self.children is not None
 
-    def copy(self) -> "Attr":
+    def copy(self) -> Attr:
         return Attr(self.type, self.data, None if self.children is None else [c.copy() for c in self.children],
                     self.checked, self.kind, self.flags, self.length)
 
@@ -198,3 +201,84 @@ def tuple_attr(t: int, family: int, spec: TupleSpec) -> Attr:
     if spec.zone is not None:
         kids.append(be16(W["CTA_TUPLE_ZONE"], spec.zone))
     return nest(t, *kids)
+
+
+# -- a raw ctnetlink socket (root tests: get/create replies and events, as sent) ---------
+
+NETLINK_NETFILTER = 12
+SO_RCVBUFFORCE = 33
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+
+
+def netlink_socket(ns_path: str, groups: int = 0) -> socket.socket:
+    """A NETLINK_NETFILTER socket made inside the network namespace at *ns_path*.
+
+    A short-lived thread enters the namespace (setns moves only that thread)
+    and makes the socket, which stays in that namespace."""
+    box: Dict[str, object] = {}
+
+    def work() -> None:
+        fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _binding.setns(fd)
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+            s.bind((0, groups))
+            box["s"] = s
+        except BaseException as exc:  # handed to the caller
+            box["e"] = exc
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]  # type: ignore[misc]
+    return box["s"]  # type: ignore[return-value]
+
+
+def split(buf: bytes) -> List[bytes]:
+    """The netlink messages in one receive buffer."""
+    out = []
+    off = 0
+    while off + NLMSG_HDRLEN <= len(buf):
+        (length,) = struct.unpack_from("=I", buf, off)
+        if length < NLMSG_HDRLEN or off + length > len(buf):
+            raise ValueError("bad netlink message at %d" % off)
+        out.append(bytes(buf[off:off + length]))
+        off += pad(length)
+    return out
+
+
+def msg_type(msg: bytes) -> int:
+    return struct.unpack_from("=H", msg, 4)[0]
+
+
+def exchange(s: socket.socket, attrs: List[Attr], family: int, msg: int, flags: int, seq: int) -> List[bytes]:
+    """Send one request with NLM_F_ACK; the replies to it before the acknowledgement
+    (an NLM_F_ECHO echo is an event: it comes with sequence number 0)."""
+    req = encode(attrs, family, msg=msg, flags=W["NLM_F_REQUEST"] | W["NLM_F_ACK"] | flags, seq=seq).data
+    s.send(bytes(req))
+    got = []
+    while True:
+        for m in split(s.recv(1 << 20)):
+            if struct.unpack_from("=I", m, 8)[0] not in (seq, 0):
+                continue
+            if msg_type(m) == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", m, NLMSG_HDRLEN)
+                if err:
+                    raise OSError(-err, os.strerror(-err))
+                return got
+            got.append(m)
+
+
+def drain(s: socket.socket) -> List[bytes]:
+    """Every message queued on a socket now."""
+    out: List[bytes] = []
+    while True:
+        try:
+            out += split(s.recv(1 << 20, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return out

@@ -22,8 +22,23 @@ from typing import Any, List, Optional, Tuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nlmsg import LONG, NLMSG_HDRLEN, Attr, Encoded, TupleSpec, W, be16, be32, be64, encode, labels_words, leaf, \
-    nest, string, tuple_attr, u8
+from nlmsg import (
+    LONG,
+    NLMSG_HDRLEN,
+    Attr,
+    TupleSpec,
+    W,
+    be16,
+    be32,
+    be64,
+    encode,
+    labels_words,
+    leaf,
+    nest,
+    string,
+    tuple_attr,
+    u8,
+)
 
 from conntrack import _binding
 from conntrack.errors import ConntrackOSError
