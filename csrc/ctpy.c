@@ -444,12 +444,6 @@ static void fill_record(const struct nf_conntrack *ct, struct ctpy_record *r,
  * of an unaligned last attribute leaves rem at -3..0). */
 #define A_LEFTOVER(rem) ((rem) > 0)
 
-struct fparse {
-    struct ctpy_record *r;
-    uint32_t p;             /* CTPY_HAS_* seen so far */
-    int bad;                /* the message breaks the ABI */
-};
-
 static uint8_t a_u8(const struct nlattr *a, int *bad)
 {
     if (A_LEN(a) != 1) {
@@ -497,19 +491,21 @@ static void a_addr(const struct nlattr *a, uint8_t *dst, int size, int *bad)
         memcpy(dst, A_DATA(a), (size_t)size);
 }
 
+/* t is zeroed (a tuple seen again is cleared by the caller: the last counts). */
 static void fast_tuple(const struct nlattr *nest, uint8_t family,
                        struct ctpy_tuple *t, int *bad)
 {
     const struct nlattr *a, *b;
-    int rem, rem2;
+    int rem, rem2, seen_ip = 0, seen_proto = 0;
 
-    memset(t, 0, sizeof(*t));
     t->family = family;
     A_FOR(a, nest, rem) {
         switch (A_TYPE(a)) {
         case CTA_TUPLE_IP:
-            memset(t->src, 0, sizeof(t->src));
-            memset(t->dst, 0, sizeof(t->dst));
+            if (seen_ip++) {
+                memset(t->src, 0, sizeof(t->src));
+                memset(t->dst, 0, sizeof(t->dst));
+            }
             A_FOR(b, a, rem2) {
                 switch (A_TYPE(b)) {
                 case CTA_IP_V4_SRC: a_addr(b, t->src, 4, bad); break;
@@ -522,9 +518,11 @@ static void fast_tuple(const struct nlattr *nest, uint8_t family,
                 *bad = 1;
             break;
         case CTA_TUPLE_PROTO:
-            t->proto = 0;
-            t->sport = t->dport = t->icmp_id = 0;
-            t->icmp_type = t->icmp_code = t->has_icmp = 0;
+            if (seen_proto++) {
+                t->proto = 0;
+                t->sport = t->dport = t->icmp_id = 0;
+                t->icmp_type = t->icmp_code = t->has_icmp = 0;
+            }
             A_FOR(b, a, rem2) {
                 switch (A_TYPE(b)) {
                 case CTA_PROTO_NUM: t->proto = a_u8(b, bad); break;
@@ -604,13 +602,13 @@ static int fast_string(const struct nlattr *nest, int type, char *pool,
     return 1;
 }
 
-static void fast_protoinfo(const struct nlattr *nest, struct fparse *f)
+/* The state in a CTA_PROTOINFO nest; returns whether there was one. */
+static int fast_protoinfo(const struct nlattr *nest, uint8_t *state, int *bad)
 {
     const struct nlattr *a, *b;
-    int rem, rem2, want;
+    int rem, rem2, want, has = 0;
 
-    f->p &= ~(uint32_t)CTPY_HAS_STATE;
-    f->r->state = 0;
+    *state = 0;
     A_FOR(a, nest, rem) {
         switch (A_TYPE(a)) {
         case CTA_PROTOINFO_TCP: want = CTA_PROTOINFO_TCP_STATE; break;
@@ -618,65 +616,67 @@ static void fast_protoinfo(const struct nlattr *nest, struct fparse *f)
         case CTA_PROTOINFO_DCCP: want = CTA_PROTOINFO_DCCP_STATE; break;
         default: continue;
         }
-        f->p &= ~(uint32_t)CTPY_HAS_STATE;
-        f->r->state = 0;
+        has = 0;
+        *state = 0;
         A_FOR(b, a, rem2) {
             if (A_TYPE(b) == want) {
-                f->r->state = a_u8(b, &f->bad);
-                f->p |= CTPY_HAS_STATE;
+                *state = a_u8(b, bad);
+                has = 1;
             }
         }
         if (A_LEFTOVER(rem2))
-            f->bad = 1;
+            *bad = 1;
     }
     if (A_LEFTOVER(rem))
-        f->bad = 1;
+        *bad = 1;
+    return has;
 }
 
-static void fast_timestamp(const struct nlattr *nest, struct fparse *f)
+/* A CTA_TIMESTAMP nest; returns the CTPY_HAS_TS_* bits it set. */
+static uint32_t fast_timestamp(const struct nlattr *nest, struct ctpy_record *r, int *bad)
 {
     const struct nlattr *a;
     int rem;
+    uint32_t p = 0;
 
-    f->p &= ~(uint32_t)(CTPY_HAS_TS_START | CTPY_HAS_TS_STOP);
-    f->r->ts_start = f->r->ts_stop = 0;
+    r->ts_start = r->ts_stop = 0;
     A_FOR(a, nest, rem) {
         if (A_TYPE(a) == CTA_TIMESTAMP_START) {
-            f->r->ts_start = a_be64(a, &f->bad);
-            f->p |= CTPY_HAS_TS_START;
+            r->ts_start = a_be64(a, bad);
+            p |= CTPY_HAS_TS_START;
         } else if (A_TYPE(a) == CTA_TIMESTAMP_STOP) {
-            f->r->ts_stop = a_be64(a, &f->bad);
-            f->p |= CTPY_HAS_TS_STOP;
+            r->ts_stop = a_be64(a, bad);
+            p |= CTPY_HAS_TS_STOP;
         }
     }
     if (A_LEFTOVER(rem))
-        f->bad = 1;
+        *bad = 1;
+    return p;
 }
 
 /* CTA_LABELS is the kernel's array of native-endian unsigned long words
  * (nf_conn_labels.bits); the record keeps bit n at labels[n / 8] bit n % 8
- * whatever the host's byte order.  An empty attribute means no labels. */
-static void fast_labels(const struct nlattr *a, struct fparse *f)
+ * whatever the host's byte order.  An empty attribute means no labels.
+ * Returns whether there are labels. */
+static int fast_labels(const struct nlattr *a, uint8_t *labels, int *bad)
 {
     const unsigned char *d = A_DATA(a);
     size_t w, k, n = (size_t)A_LEN(a);
 
-    memset(f->r->labels, 0, sizeof(f->r->labels));
-    f->p &= ~(uint32_t)CTPY_HAS_LABELS;
+    memset(labels, 0, 16);
     if (n == 0)
-        return;
+        return 0;
     if (n % sizeof(unsigned long)) {
-        f->bad = 1;
-        return;
+        *bad = 1;
+        return 0;
     }
-    for (w = 0; w < n / sizeof(unsigned long) &&
-                (w + 1) * sizeof(unsigned long) <= sizeof(f->r->labels); w++) {
+    for (w = 0; w < n / sizeof(unsigned long) && (w + 1) * sizeof(unsigned long) <= 16; w++) {
         unsigned long v;
         memcpy(&v, d + w * sizeof(v), sizeof(v));
         for (k = 0; k < sizeof(v); k++)
-            f->r->labels[w * sizeof(v) + k] = (uint8_t)(v >> (8 * k));
+            labels[w * sizeof(v) + k] = (uint8_t)(v >> (8 * k));
     }
-    f->p |= CTPY_HAS_LABELS;
+    return 1;
 }
 
 /* Parse one IPCTNL_MSG_CT_NEW/DELETE message into r: 0, or -1 when the
@@ -688,8 +688,8 @@ static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
 {
     const struct nfgenmsg *nfh;
     const struct nlattr *a, *help = NULL, *secctx = NULL;
-    struct fparse f = {r, 0, 0};
-    int rem, orig_counters = 0;
+    uint32_t p = 0;
+    int rem, bad = 0, orig_counters = 0;
     uint8_t family;
 
     if (nlh->nlmsg_len < NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(*nfh)))
@@ -703,49 +703,75 @@ static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
     for (a = (const struct nlattr *)((const char *)nfh + NLMSG_ALIGN(sizeof(*nfh)));
          A_OK(a, rem); a = A_NEXT(a, rem)) {
         switch (A_TYPE(a)) {
-        case CTA_TUPLE_ORIG: fast_tuple(a, family, &r->orig, &f.bad); f.p |= CTPY_HAS_ORIG; break;
-        case CTA_TUPLE_REPLY: fast_tuple(a, family, &r->reply, &f.bad); f.p |= CTPY_HAS_REPLY; break;
-        case CTA_TUPLE_MASTER: fast_tuple(a, family, &r->master, &f.bad); f.p |= CTPY_HAS_MASTER; break;
-        case CTA_STATUS: r->status = a_be32(a, &f.bad); f.p |= CTPY_HAS_STATUS; break;
-        case CTA_TIMEOUT: r->timeout = a_be32(a, &f.bad); f.p |= CTPY_HAS_TIMEOUT; break;
-        case CTA_MARK: r->mark = a_be32(a, &f.bad); f.p |= CTPY_HAS_MARK; break;
-        case CTA_ID: r->id = a_be32(a, &f.bad); f.p |= CTPY_HAS_ID; break;
-        case CTA_USE: r->use = a_be32(a, &f.bad); f.p |= CTPY_HAS_USE; break;
-        case CTA_ZONE: r->zone = a_be16(a, &f.bad); f.p |= CTPY_HAS_ZONE; break;
-        case CTA_PROTOINFO: fast_protoinfo(a, &f); break;
-        case CTA_COUNTERS_ORIG: orig_counters = fast_counters(a, &r->counters[0], &f.bad); break;
-        case CTA_COUNTERS_REPLY: fast_counters(a, &r->counters[2], &f.bad); break;
-        case CTA_TIMESTAMP: fast_timestamp(a, &f); break;
-        case CTA_LABELS: fast_labels(a, &f); break;
+        case CTA_TUPLE_ORIG:
+            if (p & CTPY_HAS_ORIG)
+                memset(&r->orig, 0, sizeof(r->orig));
+            fast_tuple(a, family, &r->orig, &bad);
+            p |= CTPY_HAS_ORIG;
+            break;
+        case CTA_TUPLE_REPLY:
+            if (p & CTPY_HAS_REPLY)
+                memset(&r->reply, 0, sizeof(r->reply));
+            fast_tuple(a, family, &r->reply, &bad);
+            p |= CTPY_HAS_REPLY;
+            break;
+        case CTA_TUPLE_MASTER:
+            if (p & CTPY_HAS_MASTER)
+                memset(&r->master, 0, sizeof(r->master));
+            fast_tuple(a, family, &r->master, &bad);
+            p |= CTPY_HAS_MASTER;
+            break;
+        case CTA_STATUS: r->status = a_be32(a, &bad); p |= CTPY_HAS_STATUS; break;
+        case CTA_TIMEOUT: r->timeout = a_be32(a, &bad); p |= CTPY_HAS_TIMEOUT; break;
+        case CTA_MARK: r->mark = a_be32(a, &bad); p |= CTPY_HAS_MARK; break;
+        case CTA_ID: r->id = a_be32(a, &bad); p |= CTPY_HAS_ID; break;
+        case CTA_USE: r->use = a_be32(a, &bad); p |= CTPY_HAS_USE; break;
+        case CTA_ZONE: r->zone = a_be16(a, &bad); p |= CTPY_HAS_ZONE; break;
+        case CTA_PROTOINFO:
+            p &= ~(uint32_t)CTPY_HAS_STATE;
+            if (fast_protoinfo(a, &r->state, &bad))
+                p |= CTPY_HAS_STATE;
+            break;
+        case CTA_COUNTERS_ORIG: orig_counters = fast_counters(a, &r->counters[0], &bad); break;
+        case CTA_COUNTERS_REPLY: fast_counters(a, &r->counters[2], &bad); break;
+        case CTA_TIMESTAMP:
+            p &= ~(uint32_t)(CTPY_HAS_TS_START | CTPY_HAS_TS_STOP);
+            p |= fast_timestamp(a, r, &bad);
+            break;
+        case CTA_LABELS:
+            p &= ~(uint32_t)CTPY_HAS_LABELS;
+            if (fast_labels(a, r->labels, &bad))
+                p |= CTPY_HAS_LABELS;
+            break;
         case CTA_HELP: help = a; break;
         case CTA_SECCTX: secctx = a; break;
         }
     }
-    if (A_LEFTOVER(rem) || f.bad)
+    if (A_LEFTOVER(rem) || bad)
         return -1;
     if (orig_counters)
-        f.p |= CTPY_HAS_COUNTERS;
+        p |= CTPY_HAS_COUNTERS;
     else  /* a record has counters when the original direction's are there */
         memset(r->counters, 0, sizeof(r->counters));
     if (help && fast_string(help, CTA_HELP_NAME, pool, used, &r->helper_off,
-                            &r->helper_len, &f.bad))
-        f.p |= CTPY_HAS_HELPER;
+                            &r->helper_len, &bad))
+        p |= CTPY_HAS_HELPER;
     if (secctx && fast_string(secctx, CTA_SECCTX_NAME, pool, used, &r->secctx_off,
-                              &r->secctx_len, &f.bad))
-        f.p |= CTPY_HAS_SECCTX;
-    if (f.bad)
+                              &r->secctx_len, &bad))
+        p |= CTPY_HAS_SECCTX;
+    if (bad)
         return -1;
-    if (!(f.p & CTPY_HAS_ZONE)) {
+    if (!(p & CTPY_HAS_ZONE)) {
         if (r->orig.has_zone) {
             r->zone = r->orig.zone;
-            f.p |= CTPY_HAS_ZONE;
+            p |= CTPY_HAS_ZONE;
         } else if (r->reply.has_zone) {
             r->zone = r->reply.zone;
-            f.p |= CTPY_HAS_ZONE;
+            p |= CTPY_HAS_ZONE;
         }
     }
-    r->present = f.p;
-    return (f.p & CTPY_HAS_ORIG) ? 0 : -1;
+    r->present = p;
+    return (p & CTPY_HAS_ORIG) ? 0 : -1;
 }
 
 /* Set on ct what the record says is present (for create/update/get/delete). */
