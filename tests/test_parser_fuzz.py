@@ -373,3 +373,18 @@ def test_a_message_is_read_only_within_its_length() -> None:
     good = _udp([be32(W["CTA_MARK"], 5)])
     junk = good + bytes(encode([be32(W["CTA_MARK"], 9)], AF4).data)[NLMSG_HDRLEN + 4:]
     assert agree(junk).mark == 5
+
+
+def test_zero_length_attributes() -> None:
+    """Empty: a fixed-size attribute is refused; a nest or an unknown attribute is fine."""
+    refused(_udp([leaf(W["CTA_MARK"], b"", "be32")]))
+    refused(_udp([nest(W["CTA_HELP"], leaf(W["CTA_HELP_NAME"], b"", "str"))]))
+    flow = agree(_udp([nest(W["CTA_TIMESTAMP"]), Attr(300, b""), nest(W["CTA_PROTOINFO"])]))
+    assert flow.start is None and flow.state is None
+
+
+def test_the_last_of_a_duplicated_attribute_counts() -> None:
+    flow = agree(_udp([be32(W["CTA_MARK"], 1), be32(W["CTA_MARK"], 2),
+                       nest(W["CTA_HELP"], string(W["CTA_HELP_NAME"], "ftp")),
+                       nest(W["CTA_HELP"], string(W["CTA_HELP_NAME"], "sip"))]))
+    assert flow.mark == 2 and flow.helper == "sip"
