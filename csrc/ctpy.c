@@ -1198,8 +1198,10 @@ int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
 
 /* One netlink message of len bytes, for tests.  The fast parser's record
  * goes to out (strings to pool) and, when ref is given, nfct_nlmsg_parse's
- * to ref (strings to ref_pool), normalised as in the cross-check; *ref_rc
- * is nfct_nlmsg_parse's return and *differ whether the records differ.  The
+ * to ref (strings to ref_pool, also pool_size bytes; only for well-formed
+ * messages: it reads a secctx up to its NUL), normalised as in the
+ * cross-check; *ref_rc is nfct_nlmsg_parse's return and *differ whether
+ * the records differ.  The
  * message is copied to a buffer of exactly its length first, so that
  * AddressSanitizer and valgrind see any read past its end.  Returns 0, or
  * -EMSGSIZE (len cannot hold the header or nlmsg_len, or a pool is smaller
