@@ -31,6 +31,7 @@ from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Counters, Flow, FlowTuple
 from .table import Conntrack, DeleteResult, Summary
+from .top import Top
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "Status",
     "Summary",
     "TCPState",
+    "Top",
     "Unsupported",
     "nfct_version",
 ]

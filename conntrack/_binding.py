@@ -36,6 +36,18 @@ HAS = {
     if name.startswith("CTPY_HAS_")
 }
 
+TOP_PARTS = {
+    name[len("CTPY_TOP_"):].lower(): getattr(lib, name)
+    for name in dir(lib)
+    if name.startswith("CTPY_TOP_") and name != "CTPY_TOP_MAXPARTS"
+}
+"""What ``top()`` keys can be made of (src, dst, sport, dport, proto, state, zone, mark, family)."""
+TOP_MAXPARTS = lib.CTPY_TOP_MAXPARTS
+SummaryValues = Tuple[int, int, int, Dict[int, int], Dict[int, int]]
+"""(total, unreplied, assured, by protocol number, TCP entries by state number)."""
+TopValues = Tuple[List[Tuple[bytes, int]], int]
+"""(the most frequent (key bytes, count), distinct keys)."""
+
 TupleValues = Tuple[int, int, bytes, bytes, int, int, int, int, int, bool, Optional[int]]
 
 
@@ -355,18 +367,53 @@ class Socket:
         finally:
             sock.close()
 
-    def summary(self, family: int, kf: Any, uf: Any) -> Tuple[int, int, int, Dict[int, int], Dict[int, int]]:
+    def summary(self, family: int, kf: Any, uf: Any) -> SummaryValues:
         """(total, unreplied, assured, by protocol number, TCP by state number) of one dump."""
+        return self.top(family, kf, uf, None, 0)[1]
+
+    def top(self, family: int, kf: Any, uf: Any, parts: Optional[List[Tuple[str, int, int]]],
+            n: int) -> Tuple[Optional[TopValues], SummaryValues]:
+        """One counting dump, in C: the summary and, with *parts*, counts by key.
+
+        *parts* are (name, IPv4 prefix, IPv6 prefix) with names from
+        :data:`TOP_PARTS`.  The counts by key come back as the *n* most
+        frequent (key bytes, count), most frequent first, with the number of
+        distinct keys.
+        """
+        t = ffi.NULL
+        keylen = 0
+        if parts is not None:
+            spec = ffi.new("struct ctpy_topspec *")
+            spec.n = len(parts)
+            for i, (name, plen4, plen6) in enumerate(parts):
+                spec.kind[i] = TOP_PARTS[name]
+                spec.plen4[i] = plen4
+                spec.plen6[i] = plen6
+            keylen = check(lib.ctpy_top_keylen(spec), "top")
+            ptr = lib.ctpy_top_new(spec)
+            if ptr == ffi.NULL:
+                raise from_errno(12, "top")
+            t = ffi.gc(ptr, lib.ctpy_top_free)
+        out = ffi.new("struct ctpy_summary *")
         sock = self._start_dump(family, kf)
         try:
-            p = sock._p()
-            out = ffi.new("struct ctpy_summary *")
-            check(lib.ctpy_dump_summary(p, uf, out), "dump")
-            protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
-            states = {k: int(out.tcp_states[k]) for k in range(32) if out.tcp_states[k]}
-            return int(out.total), int(out.unreplied), int(out.assured), protos, states
+            check(lib.ctpy_dump_top(sock._p(), uf, t, out), "dump")
         finally:
             sock.close()
+        protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
+        states = {k: int(out.tcp_states[k]) for k in range(32) if out.tcp_states[k]}
+        summary = (int(out.total), int(out.unreplied), int(out.assured), protos, states)
+        if t == ffi.NULL:
+            return None, summary
+        distinct = int(lib.ctpy_top_distinct(t))
+        want = min(n, distinct)
+        keys = ffi.new("uint8_t[]", max(want, 1) * keylen)
+        counts = ffi.new("uint64_t[]", max(want, 1))
+        got = lib.ctpy_top_result(t, want, keys, counts)
+        raw = ffi.buffer(keys, got * keylen)[:]
+        ffi.release(t)
+        rows = [(raw[i * keylen:(i + 1) * keylen], int(counts[i])) for i in range(got)]
+        return (rows, distinct), summary
 
     def crosscheck(self) -> Tuple[int, int, Optional[Tuple[Batch, Batch]]]:
         """Dump the table parsing every entry twice: with the fast C parser and

@@ -13,8 +13,49 @@ from ._nfct import lib
 
 _E = TypeVar("_E", bound=enum.IntEnum)
 
+_INT_FORMATS = frozenset("bcdeEfFgGnoxX%")
 
-class Family(enum.IntEnum):
+
+class NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints as its member name on every Python.
+
+    Python 3.11 changed ``str()`` and ``format()`` of IntEnum members to the
+    number; ``print(flow.state)`` and ``f"{flow.state}"`` give
+    ``ESTABLISHED`` here on 3.9 to 3.13.  A numeric format spec
+    (``f"{proto:d}"``, ``"%d" % proto``) still gives the number.
+    """
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in _INT_FORMATS:
+            return int.__format__(int(self), spec)
+        return format(self.name, spec)
+
+
+class NamedIntFlag(enum.IntFlag):
+    """An IntFlag that prints as its bit names joined by ``|`` (``0`` when none) on every Python."""
+
+    def __str__(self) -> str:
+        value = int(self)
+        names = []
+        for member in type(self).__members__.values():
+            bit = int(member)
+            if bit and bit & (bit - 1) == 0 and value & bit:
+                names.append(member.name or hex(bit))
+                value &= ~bit
+        if value:
+            names.append(hex(value))
+        return "|".join(names) or "0"
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in _INT_FORMATS:
+            return int.__format__(int(self), spec)
+        return format(str(self), spec)
+
+
+class Family(NamedIntEnum):
     """Address family of a flow."""
 
     ipv4 = lib.AF_INET
@@ -23,7 +64,7 @@ class Family(enum.IntEnum):
     """IPv6 (AF_INET6)."""
 
 
-class Proto(enum.IntEnum):
+class Proto(NamedIntEnum):
     """Layer-4 protocol of a flow.
 
     Protocols without a name here (conntrack tracks any IP protocol
@@ -57,7 +98,7 @@ class Proto(enum.IntEnum):
         return None  # type: ignore[return-value]
 
 
-class Status(enum.IntFlag):
+class Status(NamedIntFlag):
     """The kernel's IPS_* status bits of an entry."""
 
     EXPECTED = lib.IPS_EXPECTED
@@ -94,7 +135,7 @@ class Status(enum.IntFlag):
     """Offloaded to hardware."""
 
 
-class TCPState(enum.IntEnum):
+class TCPState(NamedIntEnum):
     """TCP conntrack states, as `conntrack -L` names them."""
 
     NONE = lib.TCP_CONNTRACK_NONE
@@ -119,7 +160,7 @@ class TCPState(enum.IntEnum):
     """Simultaneous open."""
 
 
-class SCTPState(enum.IntEnum):
+class SCTPState(NamedIntEnum):
     """SCTP conntrack states."""
 
     NONE = lib.SCTP_CONNTRACK_NONE
@@ -142,7 +183,7 @@ class SCTPState(enum.IntEnum):
     """HEARTBEAT sent (secondary path)."""
 
 
-class DCCPState(enum.IntEnum):
+class DCCPState(NamedIntEnum):
     """DCCP conntrack states."""
 
     NONE = lib.DCCP_CONNTRACK_NONE

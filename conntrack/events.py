@@ -9,12 +9,12 @@ gives a whole view of the table.
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from . import _binding
+from .enums import NamedIntFlag
 from .filter import Plan
 from .flow import Flow
 
@@ -22,7 +22,7 @@ from .flow import Flow
 DEFAULT_RCVBUF = 256 * 1024 * 1024
 
 
-class EventType(enum.IntFlag):
+class EventType(NamedIntFlag):
     """What happened to an entry."""
 
     NEW = _binding.EV_NEW

@@ -361,6 +361,7 @@ def _set(name: str, value: int, field: str, root: str, netns: NetnsSpec, persist
     previous = in_netns(netns, lambda: _write_file(path, name, field, value))
     if persist:
         write_dropin({"net.netfilter." + name: value}, root=root, dropin=dropin)
+        load_at_boot(root)
     return previous
 
 
@@ -386,7 +387,8 @@ def set_hashsize(n: int, *, persist: bool = False, dropin: str = DEFAULT_DROPIN,
     The kernel rehashes every entry, so large tables pause briefly.  With
     ``persist=True`` the drop-in sets ``net.netfilter.nf_conntrack_buckets``
     (the same value, writable from the host namespace); it applies at boot
-    only if nf_conntrack is loaded by then (list it in /etc/modules-load.d).
+    only if nf_conntrack is loaded by then, so a modular nf_conntrack is also
+    listed in /etc/modules-load.d (see :func:`load_at_boot`).
     """
     _check_count(n, "hashsize", 1, MAX_BUCKETS)
     _check_root_netns(root, netns)
@@ -398,6 +400,7 @@ def set_hashsize(n: int, *, persist: bool = False, dropin: str = DEFAULT_DROPIN,
     previous = in_netns(netns, lambda: _write_file(path, "hashsize", "hashsize", n))
     if persist:
         write_dropin({"net.netfilter.nf_conntrack_buckets": n}, root=root, dropin=dropin)
+        load_at_boot(root)
     return previous
 
 
@@ -428,6 +431,44 @@ def set_timestamp(on: bool, *, persist: bool = False, dropin: str = DEFAULT_DROP
     """Turn per-flow timestamps on or off; return the previous setting."""
     _check_bool(on, "timestamp")
     return bool(_set("nf_conntrack_timestamp", int(on), "timestamp", root, netns, persist, dropin))
+
+
+# -- loading the module early -------------------------------------------------------------------
+
+MODULES_LOAD = "etc/modules-load.d/nf_conntrack.conf"
+"""Where :func:`load_at_boot` lists nf_conntrack for systemd-modules-load."""
+
+
+def module_is_builtin(root: str = "/") -> bool:
+    """True when nf_conntrack is built into the kernel (in /sys/module without an ``initstate``)."""
+    d = _path(root, "sys/module/nf_conntrack")
+    return os.path.isdir(d) and not os.path.exists(os.path.join(d, "initstate"))
+
+
+def load_at_boot(root: str = "/") -> Optional[str]:
+    """Make sure nf_conntrack is loaded before sysctl.d is applied at boot; return the file written.
+
+    systemd-sysctl applies /etc/sysctl.d early (after systemd-modules-load);
+    a ``net.netfilter.nf_conntrack_*`` key whose module is not loaded yet
+    fails with "No such file or directory" and is skipped, so the setting
+    is silently lost until a firewall rule loads the module later.  Listing
+    the module in <root>/etc/modules-load.d makes it load first.  Returns
+    None when nothing is needed (nf_conntrack is built into this kernel)
+    or the file already lists it.
+    """
+    if module_is_builtin(root):
+        return None
+    path = _path(root, MODULES_LOAD)
+    try:
+        with open(path) as f:
+            if any(line.split("#")[0].strip() == "nf_conntrack" for line in f):
+                return None
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _atomic_write(path, "# written by pyconntrack: load nf_conntrack before sysctl.d applies its settings\n"
+                  "nf_conntrack\n", 0o644)
+    return path
 
 
 # -- the drop-in ------------------------------------------------------------------------------
@@ -662,7 +703,9 @@ __all__ = [
     "is_init_netns",
     "is_proxmox",
     "kernel_default",
+    "load_at_boot",
     "mem_total",
+    "module_is_builtin",
     "read",
     "recommend_max",
     "set_acct",

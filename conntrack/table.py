@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _binding
 from .enums import Family, Proto, Status, TCPState, parse_family
@@ -22,6 +22,7 @@ from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Flow, entry_fields
 from .netns import NetnsSpec, resolve
+from .top import By, Top, decode, parse_by
 
 
 @dataclass(frozen=True)
@@ -191,15 +192,34 @@ class Conntrack:
         """Totals by protocol, TCP state and status from one dump, with no
         Python object per entry (what a monitoring scrape needs)."""
         plan = self._plan(filter, family)
-        total, unreplied, assured, protos, states = self._sock.summary(
-            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
-        tcp_states: Dict[TCPState, int] = {}
-        for value, n in states.items():
-            try:
-                tcp_states[TCPState(value)] = n
-            except ValueError:  # a state newer than this build's headers
-                continue
-        return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
+        return _summary(self._sock.summary(plan.family, _binding.kfilter(plan.kernel),
+                                           _binding.ufilter(plan.user)))
+
+    def top(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
+            family: Union[str, int, Family, None] = None) -> Top:
+        """The *n* most frequent keys among the matching entries (all with
+        ``n=None``), as ``(key, count)`` pairs, most frequent first.
+
+        *by* is a field such as ``"src"``, ``"dport"``, ``"src/24"``, or a
+        tuple such as ``("src", "dport")``; see :mod:`conntrack.top`.  One
+        dump, counted in C in a hash table of distinct keys: no Python
+        object per entry.
+        """
+        return self.top_and_summary(by, n, filter, family=family)[0]
+
+    def top_and_summary(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
+                        family: Union[str, int, Family, None] = None) -> Tuple[Top, Summary]:
+        """:meth:`top` and :meth:`summary` from the same single dump."""
+        names, parts = parse_by(by)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError("n: expected a positive number of keys or None, got %r" % (n,))
+        plan = self._plan(filter, family)
+        counts, summary = self._sock.top(
+            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user), parts,
+            2**31 - 1 if n is None else n)
+        assert counts is not None
+        rows, distinct = counts
+        return decode(names, parts, rows, summary[0], distinct), _summary(summary)
 
     def get(self, flow: Optional[Flow] = None, **keywords: Any) -> Flow:
         """The current entry for a flow's original tuple (and zone).
@@ -220,7 +240,24 @@ class Conntrack:
             raise TypeError("create: expected a Flow, got %r" % (flow,))
         if flow.timeout is None:
             raise ValueError("timeout: required to create a flow")
-        self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
+        try:
+            self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
+        except ConntrackOSError as exc:
+            if exc.errno in (errno.ENOMEM, errno.ENOSPC):
+                raise self._insert_refused(exc.errno, "create of %s" % flow) from None
+            raise
+
+    def _insert_refused(self, err: int, what: str) -> OSError:
+        """The error for a create the kernel refused for want of room, saying which room, with numbers."""
+        try:
+            count, limit = self._sock.global_stats()
+            totals: Dict[str, int] = {}
+            for row in self._sock.cpu_stats():
+                for k, v in row.items():
+                    totals[k] = totals.get(k, 0) + v
+        except OSError:
+            return from_errno(err, what)
+        return from_errno(err, insert_refused_text(err, what, count, limit, totals, _buckets()))
 
     def update(
         self,
@@ -362,7 +399,11 @@ class Conntrack:
                 raise
             created += done
             if failed:
-                refusal = from_errno(err, "create of %s (after %d created)" % (Flow._from_batch(b, index), created))
+                what = "create of %s (after %d created)" % (Flow._from_batch(b, index), created)
+                if err in (errno.ENOMEM, errno.ENOSPC):
+                    refusal = self._insert_refused(err, what)
+                else:
+                    refusal = from_errno(err, what)
                 refusal.created = created  # type: ignore[attr-defined]
                 raise refusal
 
@@ -393,6 +434,53 @@ class Conntrack:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return "<Conntrack %s %s>" % (state, self.features)
+
+
+def _buckets() -> Optional[int]:
+    """nf_conntrack_buckets (one hash table for every namespace, so readable from this one)."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_buckets") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def insert_refused_text(err: int, what: str, count: int, limit: int, totals: Dict[str, int],
+                        buckets: Optional[int]) -> str:
+    """What a create refused with ENOMEM or ENOSPC means, with the numbers and what to do.
+
+    The kernel answers ENOMEM when the namespace's table is full (it also
+    logs "nf_conntrack: table full, dropping packet" and drops new flows'
+    packets meanwhile), and ENOSPC when the entry's hash bucket already
+    holds too long a chain (statistic ``chaintoolong``): many entries, few
+    buckets, and the bucket array is shared by every namespace.
+    """
+    stats = "chaintoolong %d, insert_failed %d, drop %d, early_drop %d in this namespace since it was made" % (
+        totals.get("chaintoolong", 0), totals.get("insert_failed", 0), totals.get("drop", 0),
+        totals.get("early_drop", 0))
+    if err == errno.ENOSPC:
+        return ("%s: no space: a hash chain is too long (the kernel refuses to grow one bucket's chain "
+                "further; %s). %d entries here (limit %d); %s buckets for every namespace's entries. "
+                "Raise the hash size (pyconntrack set-hashsize N, one bucket per entry keeps chains short) "
+                "or delete entries (pyconntrack top shows who fills the table)"
+                % (what, stats, count, limit, buckets if buckets is not None else "?"))
+    if limit and count >= limit:
+        return ("%s: the table is full: %d of %d entries (nf_conntrack_max); new flows are dropped too (%s). "
+                "Raise the limit (pyconntrack set-max N from the host; pyconntrack limits --recommend) or "
+                "delete entries (pyconntrack top shows who fills the table; pyconntrack delete --unreplied)"
+                % (what, count, limit, stats))
+    return "%s: out of memory (%d of %d entries; %s)" % (what, count, limit, stats)
+
+
+def _summary(values: _binding.SummaryValues) -> Summary:
+    total, unreplied, assured, protos, states = values
+    tcp_states: Dict[TCPState, int] = {}
+    for value, n in states.items():
+        try:
+            tcp_states[TCPState(value)] = n
+        except ValueError:  # a state newer than this build's headers
+            continue
+    return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
 
 
 def _filter_kwargs(flt: Filter) -> dict:

@@ -158,6 +158,28 @@ struct ctpy_summary {
     uint64_t tcp_states[32];
 };
 
+/* Top talkers: what a key is made of (ctpy_topspec.kind[]). */
+#define CTPY_TOP_SRC      1
+#define CTPY_TOP_DST      2
+#define CTPY_TOP_SPORT    3
+#define CTPY_TOP_DPORT    4
+#define CTPY_TOP_PROTO    5
+#define CTPY_TOP_STATE    6
+#define CTPY_TOP_ZONE     7
+#define CTPY_TOP_MARK     8
+#define CTPY_TOP_FAMILY   9
+#define CTPY_TOP_MAXPARTS 4
+
+struct ctpy_topspec {
+    uint8_t n;                          /* parts in a key, 1..CTPY_TOP_MAXPARTS */
+    uint8_t kind[4];                    /* CTPY_TOP_* */
+    uint8_t plen4[4];                   /* SRC/DST: IPv4 prefix length (32: whole address) */
+    uint8_t plen6[4];                   /* SRC/DST: IPv6 prefix length (128: whole address) */
+};
+
+/* A hash table of distinct keys and their counts (opaque). */
+struct ctpy_top;
+
 /* Per-CPU statistics (IPCTNL_MSG_CT_GET_STATS_CPU). */
 struct ctpy_cpu_stats {
     uint32_t cpu;
@@ -194,6 +216,14 @@ int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
                     uint64_t *count);
 int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
                       struct ctpy_summary *out);
+int ctpy_top_keylen(const struct ctpy_topspec *spec);
+struct ctpy_top *ctpy_top_new(const struct ctpy_topspec *spec);
+void ctpy_top_free(struct ctpy_top *t);
+int ctpy_dump_top(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                  struct ctpy_top *t, struct ctpy_summary *sum);
+uint64_t ctpy_top_total(const struct ctpy_top *t);
+uint64_t ctpy_top_distinct(const struct ctpy_top *t);
+int ctpy_top_result(struct ctpy_top *t, int max, uint8_t *keys, uint64_t *counts);
 int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
                          uint64_t *mismatched, struct ctpy_record *first_fast,
                          struct ctpy_record *first_ref);
