@@ -24,6 +24,8 @@ POOL = 64 * 1024
 REPLY_POOL = 16 * 1024
 #: Receive buffer asked for each socket (needs CAP_NET_ADMIN to exceed rmem_max).
 RCVBUF = 8 * 1024 * 1024
+#: Seconds a request waits for the kernel's answer before raising TimedOut.
+TIMEOUT = 30.0
 
 MSG_NEW = lib.IPCTNL_MSG_CT_NEW
 MSG_GET = lib.IPCTNL_MSG_CT_GET
@@ -310,7 +312,7 @@ class Socket:
     Not thread-safe: one operation at a time.
     """
 
-    def __init__(self, netns_fd: Optional[int] = None) -> None:
+    def __init__(self, netns_fd: Optional[int] = None, timeout: Optional[float] = TIMEOUT) -> None:
         err = ffi.new("int *")
         ptr = lib.ctpy_open(-1 if netns_fd is None else netns_fd, RCVBUF, err)
         if ptr == ffi.NULL:
@@ -321,6 +323,13 @@ class Socket:
             raise from_errno(err[0], "cannot open a ctnetlink socket")
         self._ptr = ffi.gc(ptr, lib.ctpy_close)
         self._netns_fd = netns_fd
+        self._timeout = timeout
+        if timeout is not None:
+            check(lib.ctpy_set_timeout(ptr, max(int(timeout * 1000), 1)), "socket timeout")
+
+    def fileno(self) -> int:
+        """The socket's descriptor (for tests that inspect the socket)."""
+        return int(lib.ctpy_sock_fd(self._p()))
 
     def close(self) -> None:
         ptr, self._ptr = self._ptr, None
@@ -340,7 +349,7 @@ class Socket:
 
     def _start_dump(self, family: int, kf: Any) -> Socket:
         """A new socket in the same namespace with a dump request sent on it."""
-        sock = Socket(self._netns_fd)
+        sock = Socket(self._netns_fd, self._timeout)
         try:
             check(lib.ctpy_dump_start(sock._p(), family, kf), "dump")
         except BaseException:
@@ -349,20 +358,26 @@ class Socket:
         return sock
 
     def dump(
-        self, family: int, kf: Any, uf: Any, prefetch: bool = True
+        self, family: int, kf: Any, uf: Any, prefetch: bool = True, state: Optional[DumpState] = None
     ) -> Iterator[Batch]:
-        """Batches of matching records; each dump has its own socket."""
-        sock = self._start_dump(family, kf)
-        if prefetch:
-            return _prefetched(sock, uf)
-        return _sequential(sock, uf)
+        """Batches of matching records; each dump has its own socket.
 
-    def count(self, family: int, kf: Any, uf: Any) -> int:
+        *state*, when given, learns at the end whether the kernel flagged the
+        dump as interrupted (NLM_F_DUMP_INTR)."""
+        sock = self._start_dump(family, kf)
+        st = state if state is not None else DumpState()
+        if prefetch:
+            return _prefetched(sock, uf, st)
+        return _sequential(sock, uf, st)
+
+    def count(self, family: int, kf: Any, uf: Any, state: Optional[DumpState] = None) -> int:
         sock = self._start_dump(family, kf)
         try:
             p = sock._p()
             out = ffi.new("uint64_t *")
             check(lib.ctpy_dump_count(p, uf, out), "dump")
+            if state is not None:
+                state.interrupted = bool(lib.ctpy_dump_interrupted(p))
             return int(out[0])
         finally:
             sock.close()
@@ -444,15 +459,17 @@ class Socket:
     def flush(self, family: int, kf: Any) -> None:
         check(lib.ctpy_flush(self._p(), family, kf), "flush")
 
-    def batch(self, msg: int, flags: int, b: Batch, pin_id: bool) -> Tuple[int, int, int, int, int]:
+    def batch(self, msg: int, flags: int, b: Batch, pin_id: bool,
+              tally: Optional[Tally] = None) -> Tuple[int, int, int, int, int]:
         """Send one request per record of *b*, many per sendmsg; count the acks.
 
         Returns (done, vanished (ENOENT), failed, first errno, first failed index).
+        With *tally*, the counts are also left in it, so a caller interrupted
+        right after this returns can still read them.
         """
-        res = ffi.new("struct ctpy_batch_result *")
-        check(lib.ctpy_batch(self._p(), msg, flags, b.recs, b.pool, b.n, int(pin_id), res), "batch")
-        return (int(res.done), int(res.vanished), int(res.failed),
-                int(res.first_errno), int(res.first_failed))
+        t = tally if tally is not None else Tally()
+        check(lib.ctpy_batch(self._p(), msg, flags, b.recs, b.pool, b.n, int(pin_id), t._res), "batch")
+        return t.values()
 
     def global_stats(self) -> Tuple[int, int]:
         entries = ffi.new("uint32_t *")
@@ -466,6 +483,33 @@ class Socket:
         n = check(lib.ctpy_cpu_stats(self._p(), out, ncpu), "per-CPU statistics")
         names = [f[0] for f in ffi.typeof("struct ctpy_cpu_stats").fields]
         return [{k: int(getattr(out[i], k)) for k in names} for i in range(n)]
+
+
+class DumpState:
+    """What a dump learned about itself once it ended."""
+
+    __slots__ = ("interrupted",)
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        """The kernel set NLM_F_DUMP_INTR: the table changed under the dump."""
+
+
+class Tally:
+    """The acknowledgement counts of one batch, in C memory the C call fills.
+
+    Allocated (zeroed) before the call, so whatever interrupts the caller
+    afterwards, what the kernel acknowledged can still be read.
+    """
+
+    __slots__ = ("_res",)
+
+    def __init__(self) -> None:
+        self._res = ffi.new("struct ctpy_batch_result *")
+
+    def values(self) -> Tuple[int, int, int, int, int]:
+        r = self._res
+        return int(r.done), int(r.vanished), int(r.failed), int(r.first_errno), int(r.first_failed)
 
 
 class EventSocket:
@@ -501,13 +545,15 @@ EV_DESTROY = lib.CTPY_EV_DESTROY
 EV_OVERFLOW = lib.CTPY_EV_OVERFLOW
 
 
-def _sequential(sock: Socket, uf: Any) -> Iterator[Batch]:
+def _sequential(sock: Socket, uf: Any, state: DumpState) -> Iterator[Batch]:
     """The dump read in the caller's thread, one batch at a time."""
     try:
         p = sock._p()
         while True:
             b = Batch()
             check(b.fill(p, uf), "dump")
+            if lib.ctpy_dump_interrupted(p):
+                state.interrupted = True
             if b.n:
                 yield b
             if lib.ctpy_dump_done(p):
@@ -516,7 +562,7 @@ def _sequential(sock: Socket, uf: Any) -> Iterator[Batch]:
         sock.close()
 
 
-def _prefetched(sock: Socket, uf: Any) -> Iterator[Batch]:
+def _prefetched(sock: Socket, uf: Any, state: DumpState) -> Iterator[Batch]:
     """Run recv + parse in a second thread (cffi drops the GIL in C) while
     the caller turns the previous batch into flows.
 
@@ -544,6 +590,8 @@ def _prefetched(sock: Socket, uf: Any) -> Iterator[Batch]:
                 if b.fill(p, uf) < 0:
                     put(from_errno(-b.n, "dump"))
                     return
+                if lib.ctpy_dump_interrupted(p):
+                    state.interrupted = True  # set before the batch is handed over
                 if b.n and not put(b):
                     return
                 if lib.ctpy_dump_done(p):
@@ -573,6 +621,9 @@ def setns(fd: int) -> None:
 
 
 def netns_open(path: str) -> int:
-    """Open a network namespace file; the caller closes the descriptor."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """Open a network namespace file; the caller closes the descriptor.
+
+    O_NONBLOCK: opening a FIFO by mistake must not block.
+    """
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
 

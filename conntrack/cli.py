@@ -52,7 +52,7 @@ from . import health as _health
 from . import sysctl
 from . import top as _top
 from ._binding import nfct_version
-from .errors import BulkDeleteError, ConntrackError
+from .errors import BulkDeleteError, ConntrackError, DeleteInterrupted, MatchesEverything
 from .events import EventType
 from .features import KernelFeatures
 from .filter import Filter
@@ -410,7 +410,7 @@ def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
 def delete_dict(r: DeleteResult) -> Dict[str, Any]:
     """A :class:`~conntrack.DeleteResult` as JSON-ready values."""
     d: Dict[str, Any] = {"deleted": r.deleted, "vanished": r.vanished, "method": r.method,
-                         "exact": r.exact, "dry_run": r.dry_run}
+                         "exact": r.exact, "dry_run": r.dry_run, "interrupted": r.interrupted}
     if r.dry_run:
         d["matched"] = [f.to_dict() for f in r.matched]
     return d
@@ -422,26 +422,15 @@ def _entries(n: int) -> str:
 
 def _delete_text(r: DeleteResult) -> str:
     text = "deleted %s by %s, %d vanished" % (_entries(r.deleted), r.method, r.vanished)
-    if not r.exact:
+    if r.interrupted:
+        text += " (the kernel flagged the dump as interrupted: matching entries may remain)"
+    elif not r.exact:
         text += " (counted from the table's entry counter: a filtered flush reports no count)"
     return text
 
 
-def _matches_everything(flt: Filter) -> bool:
-    """True when the filter restricts nothing (``--status ''``, ``--mark X/0``)."""
-    user = dict(flt.compile(KernelFeatures.none()).user)
-    if user.get("mark", (0, 1))[1] == 0:
-        del user["mark"]
-    return not user
-
-
 def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     flt = _filter(args)
-    if flt is not None and _matches_everything(flt):
-        if not args.all:
-            raise UsageError("delete: the filter options given match every entry; "
-                             "give --all (and no filter) to delete every entry")
-        flt = None
     if flt is None and not args.all:
         raise UsageError("delete: refusing to delete without a filter; give filter options "
                          "(see --help), or --all to delete every entry")
@@ -449,12 +438,15 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--all: means every entry; leave it out to delete what the filter options match")
     with _open(args) as ct:
         try:
-            r = ct.delete(flt if flt is not None else Filter(), dry_run=args.dry_run)
-        except BulkDeleteError as exc:
+            r = ct.delete(flt if flt is not None else Filter(), dry_run=args.dry_run, all=args.all)
+        except MatchesEverything:  # the library decides; the CLI names its own option
+            raise UsageError("delete: the filter options given match every entry; "
+                             "give --all (and no filter) to delete every entry") from None
+        except (BulkDeleteError, DeleteInterrupted) as exc:
             if args.json:
                 _json_line(out, delete_dict(exc.result))
             else:
-                out.write(_delete_text(exc.result) + " before stopping\n")
+                out.write(_delete_text(exc.result) + (" before Ctrl-C\n" if isinstance(exc, DeleteInterrupted) else " before stopping\n"))
             raise
     if args.json:
         _json_line(out, delete_dict(r))

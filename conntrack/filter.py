@@ -17,12 +17,13 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 from . import _binding
 from .enums import Family, Proto, State, Status, parse_family, parse_proto, parse_state, parse_status
 from .features import KernelFeatures
-from .flow import check_int, check_port, labels_to_bytes
+from .flow import _PORT_PROTOS, check_int, check_port, labels_to_bytes
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 PortSpec = Union[int, str, Tuple[int, int], range]
 
 _KERNEL_PORT_PROTOS = (Proto.tcp, Proto.udp)  # the kernel's tuple filter compares ports only for these
+
 
 
 def _network(value: Any, field_name: str) -> Network:
@@ -68,7 +69,10 @@ def _masked(value: Any, field_name: str, bits: int) -> Tuple[int, int]:
         val, mask = value, top
     v = check_int(val.strip() if isinstance(val, str) else val, field_name, 0, top)
     m = check_int(mask.strip() if isinstance(mask, str) else mask, field_name + " mask", 0, top)
-    return v & m, m
+    if v & ~m:
+        # read literally it matches nothing; masking the value would widen the match
+        raise ValueError("%s: value %#x has bits outside the mask %#x (it can never match)" % (field_name, v, m))
+    return v, m
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,20 @@ class Filter:
         for name, flag in (("unreplied", unreplied), ("assured", assured), ("snat", snat), ("dnat", dnat)):
             if flag is not None and not isinstance(flag, bool):
                 raise TypeError("%s: expected True, False or None, got %r" % (name, flag))
+        bits = parse_status(status) if status is not None else None
+        if bits is not None:
+            # a status bit that must be set next to a flag that says it is clear
+            for name, flag, bit, clear_when in (
+                ("unreplied", unreplied, Status.SEEN_REPLY, True),
+                ("assured", assured, Status.ASSURED, False),
+                ("snat", snat, Status.SRC_NAT, False),
+                ("dnat", dnat, Status.DST_NAT, False),
+            ):
+                if flag is clear_when and bits & bit:
+                    raise ValueError("%s=%s contradicts status %s (the filter could never match)"
+                                     % (name, flag, bit.name))
+        if p is not None and (sport is not None or dport is not None) and p not in _PORT_PROTOS:
+            raise ValueError("sport/dport: protocol %s has no ports" % p.name)
         set_(self, "family", fam)
         set_(self, "proto", p)
         for name in ("src", "dst", "reply_src", "reply_dst"):
@@ -155,7 +173,7 @@ class Filter:
         set_(self, "sport", _ports(sport, "sport") if sport is not None else None)
         set_(self, "dport", _ports(dport, "dport") if dport is not None else None)
         set_(self, "state", states)
-        set_(self, "status", parse_status(status) if status is not None else None)
+        set_(self, "status", bits)
         set_(self, "unreplied", unreplied)
         set_(self, "assured", assured)
         set_(self, "snat", snat)
@@ -163,6 +181,27 @@ class Filter:
         set_(self, "mark", _masked(mark, "mark", 32) if mark is not None else None)
         set_(self, "zone", check_int(zone, "zone", 0, 0xFFFF) if zone is not None else None)
         set_(self, "labels", labels_to_bytes(labels) if labels is not None else None)
+
+    @property
+    def matches_everything(self) -> bool:
+        """True when no part of the filter restricts anything, so it matches
+        every entry: ``Filter()``, ``mark=(5, 0)`` (mask 0), ``status=0``,
+        ``labels=[]``.  :meth:`Conntrack.delete <conntrack.Conntrack.delete>`
+        refuses such a filter unless told ``all=True``.
+
+        Read from the filter's own fields, not from what it compiles to.
+        """
+        for name in ("family", "proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport",
+                     "state", "unreplied", "assured", "snat", "dnat", "zone"):
+            if getattr(self, name) is not None:
+                return False
+        if self.status is not None and int(self.status) != 0:
+            return False
+        if self.mark is not None and self.mark[1] != 0:
+            return False
+        if self.labels is not None and any(self.labels):
+            return False
+        return True
 
     # -- compilation -----------------------------------------------------------
 

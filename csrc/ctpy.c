@@ -24,6 +24,7 @@
 #include <arpa/inet.h>
 #include <endian.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <netinet/in.h>
 #include <linux/netlink.h>
 #include <libmnl/libmnl.h>
@@ -57,6 +58,7 @@ struct ctpy_sock {
     size_t off;
     int max_inflight;       /* requests per sendmsg whose acks fit rcvbuf */
     int overflow;           /* events: ENOBUFS seen, queue not yet drained */
+    int dump_intr;          /* a message of this dump had NLM_F_DUMP_INTR */
 };
 
 /* What one queued acknowledgement costs in sk_rmem_alloc (skb truesize of
@@ -157,6 +159,28 @@ struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err)
     s->seq = (uint32_t)getpid() ^ (uint32_t)(uintptr_t)s;
     s->done = 1;
     return s;
+}
+
+/* Bound every blocking recv (request/acknowledge exchanges, dumps): a
+ * kernel that never answers makes recv fail with EAGAIN instead of hanging.
+ * ms <= 0: wait forever. */
+int ctpy_set_timeout(struct ctpy_sock *s, int ms)
+{
+    struct timeval tv = {0, 0};
+
+    if (ms > 0) {
+        tv.tv_sec = ms / 1000;
+        tv.tv_usec = (ms % 1000) * 1000;
+    }
+    if (setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+        return -errno;
+    return 0;
+}
+
+/* The socket's descriptor (tests inspect it; nothing else uses it). */
+int ctpy_sock_fd(const struct ctpy_sock *s)
+{
+    return s->fd;
 }
 
 void ctpy_close(struct ctpy_sock *s)
@@ -1002,6 +1026,7 @@ int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
         return err;
     s->dumping = 1;
     s->done = 0;
+    s->dump_intr = 0;
     s->len = s->off = 0;
     return 0;
 }
@@ -1009,6 +1034,14 @@ int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
 int ctpy_dump_done(const struct ctpy_sock *s)
 {
     return s->done;
+}
+
+/* Non-zero when the kernel flagged a message of the current (or last) dump
+ * with NLM_F_DUMP_INTR: the table changed under the dump, so it may have
+ * missed or repeated entries. */
+int ctpy_dump_interrupted(const struct ctpy_sock *s)
+{
+    return s->dump_intr;
 }
 
 /* Walk the dump.  Each matching entry goes to out[] (and its strings to
@@ -1052,6 +1085,8 @@ static int dump_walk(struct ctpy_sock *s, const struct ctpy_filter *uf,
             s->off += NLMSG_ALIGN(nlh->nlmsg_len); /* stale reply */
             continue;
         }
+        if (nlh->nlmsg_flags & NLM_F_DUMP_INTR)
+            s->dump_intr = 1;
         if (nlh->nlmsg_type == NLMSG_DONE) {
             s->off += NLMSG_ALIGN(nlh->nlmsg_len);
             s->dumping = 0;

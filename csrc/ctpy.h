@@ -205,6 +205,8 @@ struct ctpy_sock;
 
 struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err);
 void ctpy_close(struct ctpy_sock *s);
+int ctpy_set_timeout(struct ctpy_sock *s, int ms);
+int ctpy_sock_fd(const struct ctpy_sock *s);
 
 int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
                     const struct ctpy_kfilter *kf);
@@ -212,6 +214,7 @@ int ctpy_dump_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
                    struct ctpy_record *out, int max,
                    char *pool, uint32_t pool_size);
 int ctpy_dump_done(const struct ctpy_sock *s);
+int ctpy_dump_interrupted(const struct ctpy_sock *s);
 int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
                     uint64_t *count);
 int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,

@@ -423,8 +423,12 @@ def test_example_runs_as_a_script(netns, script):
 
 def test_follow_events(ns_ct, capsys):
     result = {}
-    listener = Conntrack(ns_ct.ns.name)
-    t = threading.Thread(target=lambda: result.update(seen=load("follow_events").follow(listener, idle=1.0)))
+
+    def listen() -> None:  # a handle belongs to the thread that opens it
+        with Conntrack(ns_ct.ns.name) as listener:
+            result.update(seen=load("follow_events").follow(listener, idle=1.0))
+
+    t = threading.Thread(target=listen)
     t.start()
     time.sleep(0.3)
     ns_ct.create_many(Flow(proto="udp", src="10.1.0.%d" % i, dst="10.2.0.1", sport=1000, dport=53, timeout=60)
@@ -432,7 +436,6 @@ def test_follow_events(ns_ct, capsys):
     ns_ct.create(Flow(proto="udp", src="10.1.0.1", dst="10.2.0.1", sport=1000, dport=123, timeout=60))
     ns_ct.delete(Filter(dport=53, src="10.1.0.0/29"))
     t.join(30)
-    listener.close()
     assert result["seen"] == {"NEW": 20, "DESTROY": 7}
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("NEW udp ") and out[-1].startswith("DESTROY udp ")
