@@ -144,7 +144,7 @@ print("done", flush=True)
 
 CREATED = [
     Flow(proto="sctp", src="2001:db8::1", dst="2001:db8::2", sport=9, dport=9, timeout=300, state="ESTABLISHED"),
-    Flow(proto="dccp", src="10.1.1.1", dst="10.1.1.2", sport=1, dport=2, timeout=300),
+    Flow(proto="dccp", src="10.1.1.1", dst="10.1.1.2", sport=0, dport=0, timeout=300),  # tracked without ports
     Flow(proto="gre", src="10.0.0.5", dst="10.0.0.6", timeout=300),
     Flow(proto="icmpv6", src="2001:db8::1", dst="2001:db8::2", icmp_type=128, icmp_id=3, timeout=300),
     Flow(proto="udplite", src="10.9.9.9", dst="10.8.8.8", sport=7, dport=8, timeout=300, zone=65535),
