@@ -258,6 +258,16 @@ def ufilter(spec: Dict[str, Any]) -> Any:
         elif key == "labels":
             ffi.memmove(f.labels_val, value[0], 16)
             ffi.memmove(f.labels_mask, value[1], 16)
+        elif key in ("src_nat", "dst_nat", "any_nat"):
+            family, addr, port = value
+            c = getattr(f, key)
+            c.family = family
+            if addr is not None:
+                ffi.memmove(c.addr, addr, len(addr))
+                c.has_addr = 1
+            if port is not None:
+                c.port = port
+                c.has_port = 1
         else:
             setattr(f, key, value)
     f.fields = fields
@@ -618,6 +628,11 @@ def _prefetched(sock: Socket, uf: Any, state: DumpState) -> Iterator[Batch]:
 def setns(fd: int) -> None:
     """Move the calling thread into the network namespace open at *fd*."""
     check(lib.ctpy_setns(fd), "cannot enter the network namespace")
+
+
+def unshare_netns() -> None:
+    """Move the calling thread into a new, empty network namespace (it ends with the thread's sockets)."""
+    check(lib.ctpy_unshare_netns(), "cannot make a network namespace")
 
 
 def netns_open(path: str) -> int:

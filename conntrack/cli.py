@@ -82,9 +82,11 @@ _OPTION_OF = {
     "family": "--family", "proto": "--proto", "src": "--src", "dst": "--dst",
     "reply_src": "--reply-src", "reply_dst": "--reply-dst", "sport": "--sport", "dport": "--dport",
     "state": "--state", "status": "--status", "mark": "--mark", "zone": "--zone", "labels": "--label",
+    "orig_zone": "--orig-zone", "reply_zone": "--reply-zone", "src_nat": "--src-nat", "dst_nat": "--dst-nat",
+    "any_nat": "--any-nat",
     "interval": "--interval", "max": "N",
 }
-_FIELD_RE = re.compile(r"^([a-z_]+)((?: mask)?): ")
+_FIELD_RE = re.compile(r"^([a-z_]+)((?: mask| port)?): ")
 
 
 class UsageError(Exception):
@@ -121,7 +123,8 @@ def _message(exc: BaseException) -> str:
 
 
 _FILTER_DESTS = ("family", "proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport", "state",
-                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone", "labels")
+                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone", "labels",
+                 "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat")
 
 
 def _add_filter_options(p: argparse.ArgumentParser) -> None:
@@ -148,6 +151,12 @@ def _add_filter_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dnat", action=argparse.BooleanOptionalAction, help="only (or no) destination-NATed entries")
     g.add_argument("-m", "--mark", metavar="VALUE[/MASK]", help="connection mark, e.g. 0x10/0xff")
     g.add_argument("-w", "--zone", metavar="ZONE", help="conntrack zone")
+    g.add_argument("--orig-zone", metavar="ZONE", help="zone of the original direction only (zone-orig=)")
+    g.add_argument("--reply-zone", metavar="ZONE", help="zone of the reply direction only (zone-reply=)")
+    for opt, what in (("--src-nat", "source NAT"), ("--dst-nat", "destination NAT"), ("--any-nat", "any NAT")):
+        g.add_argument(opt, nargs="?", const=True, metavar="ADDR[:PORT]",
+                       help="only entries with %s (to ADDR[:PORT] when given; [IPV6]:PORT), "
+                            "as conntrack(8) compares the reply tuple" % what)
     g.add_argument("--label", dest="labels", action="append", metavar="BIT",
                    help="connection label bit that must be set (repeatable)")
 
@@ -464,7 +473,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
         fd = resolve(args.netns)  # the namespace must exist; its table is not read
         if fd is not None:
             os.close(fd)
-    out.write(flt.explain(KernelFeatures.detect()) + "\n")
+    out.write(flt.explain(KernelFeatures.default()) + "\n")
     return EXIT_OK
 
 

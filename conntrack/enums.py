@@ -7,6 +7,7 @@ through the compiled module, never from a hand-copied table.
 from __future__ import annotations
 
 import enum
+import socket
 from typing import Type, TypeVar, Union
 
 from ._nfct import lib
@@ -135,6 +136,11 @@ class Status(NamedIntFlag):
     """Offloaded to hardware."""
 
 
+#: Status bits a create or an update may set: the kernel ignores the others
+#: (IPS_UNCHANGEABLE_MASK) or refuses to change them (EXPECTED, CONFIRMED, DYING).
+SETTABLE_STATUS = Status(~lib.IPS_UNCHANGEABLE_MASK & sum(Status))
+
+
 class TCPState(NamedIntEnum):
     """TCP conntrack states, as `conntrack -L` names them."""
 
@@ -158,6 +164,8 @@ class TCPState(NamedIntEnum):
     """Closed (RST seen)."""
     SYN_SENT2 = lib.TCP_CONNTRACK_SYN_SENT2
     """Simultaneous open."""
+    LISTEN = lib.TCP_CONNTRACK_LISTEN
+    """The old name of state 9, which conntrack(8) accepts: an alias of SYN_SENT2."""
 
 
 class SCTPState(NamedIntEnum):
@@ -218,11 +226,11 @@ def _parse_enum(cls: Type[_E], value: object, field: str) -> _E:
     if isinstance(value, cls):
         return value
     if isinstance(value, str):
-        key = value.strip()
-        for member in cls:
-            if member.name.lower() == key.lower():
+        key = value.strip().lower()
+        for name, member in cls.__members__.items():  # aliases too (TCPState.LISTEN)
+            if name.lower() == key:
                 return member
-        names = ", ".join(m.name for m in cls)
+        names = ", ".join(cls.__members__)
         raise ValueError("%s: unknown name %r (expected one of: %s)" % (field, value, names))
     if isinstance(value, int) and not isinstance(value, bool):
         try:
@@ -233,7 +241,19 @@ def _parse_enum(cls: Type[_E], value: object, field: str) -> _E:
 
 
 def parse_proto(value: object, field: str = "proto") -> Proto:
-    """A Proto from a member, a name such as ``"udp"`` or a number."""
+    """A Proto from a member, a number, or a name: the library's (``"udp"``,
+    ``"proto_2"`` as it prints unnamed ones) or one from /etc/protocols
+    (``"igmp"``), as conntrack(8) accepts them."""
+    if isinstance(value, str) and value.strip().lower() not in Proto.__members__:
+        key = value.strip().lower()
+        if key.startswith("proto_") and key[6:].isdigit():
+            return _parse_enum(Proto, int(key[6:]), field)
+        try:
+            return Proto(socket.getprotobyname(key))
+        except (OSError, ValueError):
+            # no such name, or no /etc/protocols (Debian's netbase): the library's names
+            raise ValueError("%s: unknown protocol %r (expected a number, proto_N, one of %s, or a "
+                             "name from /etc/protocols)" % (field, value, ", ".join(Proto.__members__))) from None
     return _parse_enum(Proto, value, field)
 
 
@@ -275,7 +295,7 @@ def parse_status(value: object, field: str = "status") -> Status:
         result = Status(0)
         for part in value.replace(",", "|").split("|"):
             part = part.strip()
-            if not part:
+            if not part or part.upper() == "UNSET":  # conntrack(8)'s name for no bits
                 continue
             member = Status.__members__.get(part.upper())
             if member is None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
 
 from . import _binding
-from .enums import Family, Proto, Status, TCPState, parse_family
+from .enums import SETTABLE_STATUS, Family, Proto, Status, TCPState, parse_family, parse_status
 from .errors import (
     BulkDeleteError,
     ConntrackError,
@@ -29,6 +29,7 @@ from .errors import (
     DumpInterrupted,
     HandleClosed,
     MatchesEverything,
+    NotFound,
     Unsupported,
     WrongOwner,
     from_errno,
@@ -37,7 +38,7 @@ from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, Event, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter, Plan
-from .flow import Flow, entry_fields
+from .flow import Flow, check_create, entry_fields, status_names
 from .netns import NetnsSpec, resolve
 from .top import By, Top, decode, parse_by
 
@@ -136,6 +137,10 @@ class Conntrack:
     (only :meth:`close` works from any thread).  Every request waits at
     most ``timeout`` seconds for the kernel's answer
     (:class:`~conntrack.TimedOut`); ``None`` waits forever.
+
+    ``features`` are the kernel-side filters the handle may use; by default
+    :meth:`KernelFeatures.default` (probed once per process, or what
+    ``CONNTRACK_FEATURES`` names).
     """
 
     def __init__(self, netns: NetnsSpec = None, *, features: Optional[KernelFeatures] = None,
@@ -160,7 +165,7 @@ class Conntrack:
         self._finalizer = weakref.finalize(self, _finalize, self._sock, self._netns_fd,
                                            "Conntrack handle (netns %r)" % (netns,))
         self._finalizer.atexit = False
-        self.features = features if features is not None else KernelFeatures.detect()
+        self.features = features if features is not None else KernelFeatures.default()
         """The kernel-side filters this handle uses."""
 
     # -- lifetime -------------------------------------------------------------
@@ -351,11 +356,23 @@ class Conntrack:
 
     @_owned
     def create(self, flow: Flow) -> None:
-        """Insert a new entry.  Raises :class:`conntrack.Exists` if it is there."""
+        """Insert a new entry.  Raises :class:`conntrack.Exists` if it is there.
+
+        A reply tuple that is not the inverse of the original one makes a NAT
+        entry (``conntrack -I --dst-nat/--src-nat``): the kernel translates it
+        and sets DST_NAT/SRC_NAT.  Status bits: a create sets SEEN_REPLY,
+        ASSURED, FIXED_TIMEOUT and HELPER; CONFIRMED and the NAT bits the tuples
+        imply are the kernel's and accepted; any other bit raises ``ValueError``
+        before anything is sent.  A flow with labels or NAT is read back: when
+        the kernel dropped the labels (no connlabel storage in the namespace:
+        ``ENOSPC``) or translated otherwise than asked (:class:`ConntrackError`),
+        the new entry is deleted again and the call raises.
+        """
         if not isinstance(flow, Flow):
             raise TypeError("create: expected a Flow, got %r" % (flow,))
         if flow.timeout is None:
             raise ValueError("timeout: required to create a flow")
+        check_create(flow)
         _check_creatable(flow)
         try:
             self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
@@ -363,6 +380,25 @@ class Conntrack:
             if exc.errno in (errno.ENOMEM, errno.ENOSPC):
                 raise self._insert_refused(exc.errno, "create of %s" % flow) from None
             raise
+        nat = flow._nat_bits()
+        labels = flow.labels
+        if not nat and not labels:
+            return
+        got = self.get(flow)
+        problem: Optional[Exception] = None
+        if labels and got.labels != labels:
+            problem = from_errno(errno.ENOSPC, "create: labels: the kernel kept %s of %s: this network "
+                                 "namespace keeps no connlabels (load a ruleset that uses `ct label` first)"
+                                 % (sorted(got.labels), sorted(labels)))
+        elif nat and (got.reply[:4] != flow.reply[:4] or got.status & nat != nat):
+            problem = ConntrackError("create: asked for NAT to reply %s, the kernel made %s (status %s)"
+                                     % (flow.reply, got.reply, status_names(got.status)))
+        if problem is not None:
+            try:  # pinned to the new entry's id: never another one
+                self._sock.request(_binding.MSG_DELETE, 0, got._b, got._i, "delete")
+            except NotFound:
+                pass
+            raise problem
 
     def _insert_refused(self, err: int, what: str) -> OSError:
         """The error for a create the kernel refused for want of room, saying which room, with numbers."""
@@ -388,11 +424,15 @@ class Conntrack:
     ) -> None:
         """Change an existing entry's mark, timeout, status bits or labels.
 
-        Only the values given are sent.  Status bits can only be added (the
-        kernel refuses to clear SEEN_REPLY, ASSURED or CONFIRMED).  Labels
+        Only the values given are sent.  ``status`` adds bits, as ``conntrack -U
+        -u`` does: the call reads the entry and sends its current bits OR the
+        given ones (the kernel refuses a status that drops CONFIRMED, SEEN_REPLY
+        or ASSURED).  Only SEEN_REPLY, ASSURED, FIXED_TIMEOUT and HELPER can be
+        added; asking for another bit the entry does not have already raises
+        ``ValueError`` (the kernel would ignore it).  Labels
         need connlabel storage in the namespace (a ruleset that uses
-        ``ct label``); without it the kernel refuses them (ENOSPC) and drops
-        them silently on create.
+        ``ct label``); without it the kernel refuses them (ENOSPC; on create it
+        drops them, and :meth:`create` raises).
         Raises :class:`conntrack.NotFound` when the entry is gone.
         """
         if not isinstance(flow, Flow):
@@ -401,22 +441,34 @@ class Conntrack:
         has = _binding.HAS
         if not present:
             raise ValueError("update: give at least one of mark, timeout, status, labels")
-        b = _binding.single()
         orig = flow._b.tuple(flow._i, "orig")
-        b.set_tuple(0, "orig", orig)
         # CTA_ZONE only for a zone of both directions: a reply-only zone
         # (zone-reply=N) is not part of the original tuple's lookup key
         if flow.zone and orig[10] is None and flow._b.tuple(flow._i, "reply")[10] is None:
             fields["zone"] = flow.zone
             present |= has["zone"]
-        b.set_fields(0, present | has["orig"], fields)
-        try:
-            self._sock.request(_binding.MSG_NEW, 0, b, 0, "update")
-        except ConntrackOSError as exc:
-            if labels is not None and exc.errno == errno.ENOSPC:
-                raise from_errno(errno.ENOSPC, "update: labels: this network namespace keeps no "
-                                 "connlabels (load a ruleset that uses `ct label` first)") from None
-            raise
+        for attempt in range(3):
+            if status is not None:
+                current = int(self.get(flow).status)
+                wanted = int(parse_status(status))
+                bad = wanted & ~current & ~int(SETTABLE_STATUS)
+                if bad:
+                    raise ValueError("status: update can add only %s; the kernel would ignore %s"
+                                     % (status_names(SETTABLE_STATUS), status_names(bad)))
+                fields["status"] = current | wanted
+            b = _binding.single()
+            b.set_tuple(0, "orig", orig)
+            b.set_fields(0, present | has["orig"], fields)
+            try:
+                self._sock.request(_binding.MSG_NEW, 0, b, 0, "update")
+                return
+            except ConntrackOSError as exc:
+                if labels is not None and exc.errno == errno.ENOSPC:
+                    raise from_errno(errno.ENOSPC, "update: labels: this network namespace keeps no "
+                                     "connlabels (load a ruleset that uses `ct label` first)") from None
+                # EBUSY: the entry gained a bit (SEEN_REPLY, ASSURED) since we read it
+                if status is None or exc.errno != errno.EBUSY or attempt == 2:
+                    raise
 
     @_owned
     def delete(
@@ -557,7 +609,9 @@ class Conntrack:
     def create_many(self, flows: Iterable[Flow], *, chunk: int = 4096) -> int:
         """Insert many new entries, many requests per system call.
 
-        Returns how many were created.  At the first refusal it raises the
+        Returns how many were created.  Status bits and NAT follow
+        :meth:`create`, but nothing is read back: use :meth:`create` for flows
+        with labels.  At the first refusal it raises the
         matching :class:`conntrack.ConntrackOSError` subclass (for example
         :class:`conntrack.Exists`), naming the flow; the rest of that chunk
         is still sent, entries created stay, and the exception's ``created``
@@ -591,6 +645,7 @@ class Conntrack:
                 raise TypeError("create_many: expected Flow objects, got %r" % (f,))
             if f.timeout is None:
                 raise ValueError("timeout: required to create a flow (%s)" % f)
+            check_create(f)
             _check_creatable(f)
             pending.append((f._b, f._i))
             if len(pending) >= chunk:
@@ -706,7 +761,8 @@ def _filter_kwargs(flt: Filter) -> dict:
     """The keywords that rebuild *flt* (used to add a family)."""
     out: dict = {}
     for name in ("proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport", "state",
-                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone"):
+                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone",
+                 "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat"):
         value = getattr(flt, name)
         if value is not None:
             out[name] = value

@@ -798,9 +798,60 @@ static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
     return (p & CTPY_HAS_ORIG) ? 0 : -1;
 }
 
+static int has_ports(uint8_t proto);
+
+/* A create whose reply tuple is not the inverse of the original one asks
+ * for NAT, as conntrack -I --src-nat/--dst-nat does: send the inverse as
+ * the reply tuple plus CTA_NAT_DST (where the reply comes from) and
+ * CTA_NAT_SRC (where it goes to); the kernel's NAT core then sets the
+ * reply tuple and the SRC_NAT/DST_NAT status bits itself.  (A NAT'd reply
+ * tuple sent as is would be kept without any NAT status.) */
+static void set_reply_or_nat(struct nf_conntrack *ct, const struct ctpy_record *r)
+{
+    const struct ctpy_tuple *o = &r->orig, *y = &r->reply;
+    struct ctpy_tuple inv = *y;
+    int n = o->family == AF_INET ? 4 : 16;
+    int ports = has_ports(o->proto);
+    int dnat = memcmp(y->src, o->dst, n) || (ports && y->sport != o->dport);
+    int snat = memcmp(y->dst, o->src, n) || (ports && y->dport != o->sport);
+    uint32_t a;
+
+    if (!dnat && !snat) {
+        set_tuple(ct, 1, y);
+        return;
+    }
+    memcpy(inv.src, o->dst, n);
+    memcpy(inv.dst, o->src, n);
+    if (ports) {
+        inv.sport = o->dport;
+        inv.dport = o->sport;
+    }
+    set_tuple(ct, 1, &inv);
+    if (dnat) {
+        if (n == 4) {
+            memcpy(&a, y->src, 4);
+            nfct_set_attr_u32(ct, ATTR_DNAT_IPV4, a);
+        } else {
+            nfct_set_attr(ct, ATTR_DNAT_IPV6, y->src);
+        }
+        if (ports)
+            nfct_set_attr_u16(ct, ATTR_DNAT_PORT, htons(y->sport));
+    }
+    if (snat) {
+        if (n == 4) {
+            memcpy(&a, y->dst, 4);
+            nfct_set_attr_u32(ct, ATTR_SNAT_IPV4, a);
+        } else {
+            nfct_set_attr(ct, ATTR_SNAT_IPV6, y->dst);
+        }
+        if (ports)
+            nfct_set_attr_u16(ct, ATTR_SNAT_PORT, htons(y->dport));
+    }
+}
+
 /* Set on ct what the record says is present (for create/update/get/delete). */
 static int record_to_ct(const struct ctpy_record *r, const char *pool,
-                        struct nf_conntrack *ct, int lookup_only)
+                        struct nf_conntrack *ct, int lookup_only, int create)
 {
     uint32_t p = r->present;
 
@@ -811,10 +862,15 @@ static int record_to_ct(const struct ctpy_record *r, const char *pool,
         nfct_set_attr_u16(ct, ATTR_ZONE, r->zone);
     if (lookup_only)
         return 0; /* get and delete: the tuple and the zone name the entry */
-    if (p & CTPY_HAS_REPLY)
+    if ((p & CTPY_HAS_REPLY) && create)
+        set_reply_or_nat(ct, r);
+    else if (p & CTPY_HAS_REPLY)
         set_tuple(ct, 1, &r->reply);
+    /* A create sends only the bits a user may set; the kernel sets
+     * CONFIRMED and the NAT bits itself (Python checked the rest). */
     if (p & CTPY_HAS_STATUS)
-        nfct_set_attr_u32(ct, ATTR_STATUS, r->status);
+        nfct_set_attr_u32(ct, ATTR_STATUS,
+                          create ? r->status & ~(uint32_t)IPS_UNCHANGEABLE_MASK : r->status);
     if (p & CTPY_HAS_TIMEOUT)
         nfct_set_attr_u32(ct, ATTR_TIMEOUT, r->timeout);
     if (p & CTPY_HAS_MARK)
@@ -865,7 +921,8 @@ static int build_request(char *buf, uint8_t msg, uint16_t flags,
     if (!ct)
         return -ENOMEM;
     nlh = put_header(buf, msg, flags, r->orig.family, 0, seq);
-    err = record_to_ct(r, pool, ct, msg != IPCTNL_MSG_CT_NEW);
+    err = record_to_ct(r, pool, ct, msg != IPCTNL_MSG_CT_NEW,
+                       msg == IPCTNL_MSG_CT_NEW && (flags & NLM_F_CREATE));
     if (err == 0 && nfct_nlmsg_build(nlh, ct) < 0)
         err = -EINVAL;
     nfct_destroy(ct);
@@ -899,6 +956,32 @@ static int has_ports(uint8_t proto)
     return proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
            proto == IPPROTO_UDPLITE || proto == IPPROTO_SCTP ||
            proto == IPPROTO_DCCP;
+}
+
+/* conntrack(8)'s --src-nat/--dst-nat test: the NAT_DONE bit is set and the
+ * reply tuple's address (and, for port protocols, port) differs from the
+ * original's; with an address or port given, the translated one equals it. */
+static int nat_match(const struct ctpy_nat *m, const struct ctpy_record *r, int src)
+{
+    const struct ctpy_tuple *o = &r->orig, *y = &r->reply;
+    int n = o->family == AF_INET ? 4 : 16;
+    const uint8_t *now = src ? y->dst : y->src;
+    const uint8_t *was = src ? o->src : o->dst;
+    uint16_t pnow = src ? y->dport : y->sport;
+    uint16_t pwas = src ? o->sport : o->dport;
+    int addr_nat, port_nat;
+
+    if (!(r->status & (src ? IPS_SRC_NAT_DONE : IPS_DST_NAT_DONE)))
+        return 0;
+    addr_nat = memcmp(now, was, n) != 0;
+    port_nat = has_ports(o->proto) && pnow != pwas;
+    if (m->has_addr && (m->family != o->family || !addr_nat || memcmp(now, m->addr, n)))
+        return 0;
+    if (m->has_port && (!port_nat || pnow != m->port))
+        return 0;
+    if (!m->has_addr && !m->has_port)
+        return addr_nat || port_nat;
+    return 1;
 }
 
 int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r)
@@ -935,6 +1018,16 @@ int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r)
     if ((w & CTPY_F_REPLY_SRC) && !cidr_match(&f->reply_src, &r->reply, r->reply.src))
         return 0;
     if ((w & CTPY_F_REPLY_DST) && !cidr_match(&f->reply_dst, &r->reply, r->reply.dst))
+        return 0;
+    if ((w & CTPY_F_ORIG_ZONE) && (!o->has_zone || o->zone != f->orig_zone))
+        return 0;
+    if ((w & CTPY_F_REPLY_ZONE) && (!r->reply.has_zone || r->reply.zone != f->reply_zone))
+        return 0;
+    if ((w & CTPY_F_SRC_NAT) && !nat_match(&f->src_nat, r, 1))
+        return 0;
+    if ((w & CTPY_F_DST_NAT) && !nat_match(&f->dst_nat, r, 0))
+        return 0;
+    if ((w & CTPY_F_ANY_NAT) && !nat_match(&f->any_nat, r, 1) && !nat_match(&f->any_nat, r, 0))
         return 0;
     if (w & CTPY_F_LABELS) {
         int i;
@@ -1755,6 +1848,19 @@ int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                 if (nlh->nlmsg_type != NLMSG_ERROR || k >= (uint32_t)(i - start))
                     continue;
                 e = mnl_nlmsg_get_payload(nlh);
+                if (k == 0 && e->error == -EPERM) {
+                    /* nfnetlink checks CAP_NET_ADMIN once per sendmsg: it
+                     * acks the first request with EPERM and drops the rest,
+                     * whose acks never come.  Every request is refused. */
+                    if (!res->failed) {
+                        res->first_errno = EPERM;
+                        res->first_failed = start;
+                    }
+                    res->failed += n - start;
+                    drain(s);
+                    free(chunk);
+                    return 0;
+                }
                 pending--;
                 if (e->error == 0) {
                     res->done++;
@@ -2001,6 +2107,12 @@ drained:
 int ctpy_setns(int netns_fd)
 {
     return setns(netns_fd, CLONE_NEWNET) < 0 ? -errno : 0;
+}
+
+/* Move the calling thread into a new, empty network namespace (for probes). */
+int ctpy_unshare_netns(void)
+{
+    return unshare(CLONE_NEWNET) < 0 ? -errno : 0;
 }
 
 const char *ctpy_nfct_version(void)

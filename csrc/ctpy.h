@@ -81,11 +81,25 @@ struct ctpy_record {
 #define CTPY_F_MARK       0x0400
 #define CTPY_F_ZONE       0x0800
 #define CTPY_F_LABELS     0x1000
+#define CTPY_F_SRC_NAT    0x2000
+#define CTPY_F_DST_NAT    0x4000
+#define CTPY_F_ANY_NAT    0x8000
+#define CTPY_F_ORIG_ZONE  0x10000
+#define CTPY_F_REPLY_ZONE 0x20000
 
 struct ctpy_cidr {
     uint8_t addr[16];       /* already masked */
     uint8_t mask[16];
     uint8_t family;
+};
+
+/* A NAT match (conntrack's --src-nat/--dst-nat/--any-nat [ADDR[:PORT]]). */
+struct ctpy_nat {
+    uint8_t addr[16];       /* the translated address, when has_addr */
+    uint16_t port;          /* the translated port, when has_port */
+    uint8_t family;
+    uint8_t has_addr;
+    uint8_t has_port;
 };
 
 /* The userspace filter, evaluated in C on every parsed record. */
@@ -105,10 +119,15 @@ struct ctpy_filter {
     uint16_t dport_lo;
     uint16_t dport_hi;
     uint16_t zone;
+    uint16_t orig_zone;     /* a zone of the original direction only */
+    uint16_t reply_zone;    /* a zone of the reply direction only */
     uint8_t family;
     uint8_t proto;
     uint8_t labels_val[16];
     uint8_t labels_mask[16];
+    struct ctpy_nat src_nat;
+    struct ctpy_nat dst_nat;
+    struct ctpy_nat any_nat;
 };
 
 /* Bits of ctpy_kfilter.fields: what the kernel is asked to filter. */
@@ -255,4 +274,5 @@ int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
                      char *pool, uint32_t pool_size, int timeout_ms,
                      uint32_t *overflows);
 int ctpy_setns(int netns_fd);
+int ctpy_unshare_netns(void);
 const char *ctpy_nfct_version(void);
