@@ -204,6 +204,34 @@ def single() -> Batch:
     return b
 
 
+def _parse_message(data: bytes, reference: bool = False) -> Tuple[Batch, Optional[Batch], bool]:
+    """Parse one ctnetlink conntrack message with the dump path's parser (tests).
+
+    Returns (its record, libnetfilter_conntrack's record of the same message
+    or None when not asked for or refused by it, whether the two differ).  A
+    message the parser refuses raises :class:`ConntrackOSError` (EBADMSG:
+    malformed; EMSGSIZE: shorter than its header or its nlmsg_len; EPROTO:
+    not a conntrack message).  Ask for the reference only on well-formed
+    messages: libnetfilter_conntrack reads a security context up to its NUL,
+    past the attribute when there is none.
+    """
+    size = max(len(data), 1)
+    fast = Batch(1, size)
+    ref = Batch(1, size) if reference else None
+    ref_rc = ffi.new("int *")
+    differ = ffi.new("int *")
+    check(lib.ctpy_parse_message(ffi.from_buffer(data), len(data), fast.recs, fast.pool, size,
+                                 ref.recs if ref else ffi.NULL, ref.pool if ref else ffi.NULL,
+                                 ref_rc, differ), "parse a ctnetlink message")
+    fast.n = 1
+    if ref is not None:
+        if ref_rc[0] < 0:
+            ref = None
+        else:
+            ref.n = 1
+    return fast, ref, bool(differ[0])
+
+
 # -- filters ----------------------------------------------------------------
 
 
@@ -268,6 +296,13 @@ def kfilter(spec: Dict[str, Any]) -> Any:
     k.fields = fields
     return k
 
+
+#: ctnetlink wire values from the installed headers (the parser tests build messages).
+WIRE = {
+    name: getattr(lib, name)
+    for name in dir(lib)
+    if name.startswith(("CTA_", "NFNL", "NLM_F_", "NLA_F_", "IPCTNL_", "IPPROTO_", "AF_"))
+}
 
 CTA = {
     "src": lib.CTPY_CTA_IP_SRC,

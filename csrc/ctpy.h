@@ -62,7 +62,9 @@ struct ctpy_record {
     uint16_t secctx_len;
     uint16_t zone;
     uint8_t state;          /* TCP, SCTP or DCCP state, by orig.proto */
-    uint8_t labels[16];     /* bit n of label set = labels[n / 8] >> (n % 8) */
+    uint8_t labels[16];     /* bit n of label set = labels[n / 8] >> (n % 8) on
+                             * every host: the parser decodes the kernel's
+                             * native-endian words into this order */
 };
 
 /* Bits of ctpy_filter.fields. */
@@ -270,6 +272,9 @@ int ctpy_top_result(struct ctpy_top *t, int max, uint8_t *keys, uint64_t *counts
 int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
                          uint64_t *mismatched, struct ctpy_record *first_fast,
                          struct ctpy_record *first_ref);
+int ctpy_parse_message(const void *msg, uint32_t len, struct ctpy_record *out,
+                       char *pool, uint32_t pool_size, struct ctpy_record *ref,
+                       char *ref_pool, int *ref_rc, int *differ);
 
 int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                  const struct ctpy_record *r, const char *pool,
