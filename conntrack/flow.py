@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 from itertools import repeat
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from . import _binding
 from .enums import (
@@ -288,6 +288,108 @@ def _decode_states(b: _binding.Batch) -> List[Optional[State]]:
     out: List[Optional[State]] = list(map(_STATE_BY_KEY.get, keys))
     b.states = out
     return out
+
+
+# -- plain rows (Conntrack.dump_tuples) ---------------------------------------------
+
+#: The fields :meth:`Conntrack.dump_tuples` can return, and where the object API keeps each.
+ROW_FIELDS = {
+    "family": "family", "proto": "proto",
+    "src": "orig.src", "dst": "orig.dst", "sport": "orig.sport", "dport": "orig.dport",
+    "reply_src": "reply.src", "reply_dst": "reply.dst", "reply_sport": "reply.sport", "reply_dport": "reply.dport",
+    "state": "state", "status": "status", "mark": "mark", "timeout": "timeout", "zone": "zone", "id": "id",
+}
+
+
+def _odd_rows(b: _binding.Batch, which: str) -> Optional[List[int]]:
+    """Indexes of the records whose *which* tuple the IPv4 columns cannot
+    describe (IPv6, ICMP, no ports); None when that is all of them."""
+    col = b.column
+    fams = col(_OFF[which + ".family"], "B")
+    protos = col(_OFF[which + ".proto"], "B")
+    icmps = col(_OFF[which + ".has_icmp"], "B")
+    if set(fams) == {_AF_INET} and _PORT_NUMS.issuperset(protos) and not any(icmps):
+        return []
+    odd = [i for i, (f, p, c) in enumerate(zip(fams, protos, icmps)) if f != _AF_INET or p not in _PORT_NUMS or c]
+    return None if len(odd) == b.n else odd
+
+
+def _enum_column(values: List[int], cache: Dict[int, Any], make: Callable[[int], Any]) -> List[Any]:
+    for v in set(values).difference(cache):
+        cache[v] = make(v)
+    return list(map(cache.__getitem__, values))
+
+
+def _optional_column(b: _binding.Batch, name: str) -> List[Optional[int]]:
+    values = b.column(_OFF[name], "I")
+    bit = _HAS[name]
+    presents = b.column(_OFF["present"], "I")
+    if all(map(bit.__and__, presents)):
+        return values
+    return [v if p & bit else None for v, p in zip(values, presents)]
+
+
+def rows(b: _binding.Batch, fields: Tuple[str, ...], int_addresses: bool = False) -> Iterator[Tuple[Any, ...]]:
+    """One plain tuple per record of a batch, the values of *fields* (names of
+    :data:`ROW_FIELDS`), each equal to what the object API returns (addresses
+    as ints when *int_addresses*)."""
+    col = b.column
+    cols: List[List[Any]] = []
+    odd: set = set()
+    slow = False
+    for name in fields:
+        if name in ("src", "dst", "sport", "dport", "reply_src", "reply_dst", "reply_sport", "reply_dport"):
+            which, _, part = ("orig_" + name if not name.startswith("reply_") else name).partition("_")
+            bad = _odd_rows(b, which)
+            if bad is None:
+                slow = True
+                break
+            odd.update(bad)
+            if part in ("src", "dst"):
+                values = col(_OFF[which + "." + part], "I", True)
+                cols.append(values if int_addresses else _addrs4(values))
+            else:
+                cols.append(col(_OFF[which + "." + part], "H"))
+        elif name == "state":
+            keys = zip(map(_HAS_STATE.__and__, col(_OFF["present"], "I")), col(_OFF["orig.proto"], "B"),
+                       col(_OFF["state"], "B"))
+            cols.append(list(map(_STATE_BY_KEY.get, keys)))
+        elif name == "status":
+            cols.append(_enum_column(col(_OFF["status"], "I"), _STATUSES, Status))
+        elif name == "proto":
+            cols.append(_enum_column(col(_OFF["orig.proto"], "B"), _PROTOS, Proto))
+        elif name == "family":
+            cols.append(_enum_column(col(_OFF["orig.family"], "B"), _FAMILIES, Family))
+        elif name == "zone":
+            zones = col(_OFF["zone"], "H")
+            bit = _HAS["zone"]
+            cols.append([z if p & bit else 0 for z, p in zip(zones, col(_OFF["present"], "I"))]
+                        if any(zones) else zones)
+        else:
+            cols.append(_optional_column(b, name))
+    if slow:
+        out: List[Tuple[Any, ...]] = [_row_of(Flow._from_batch(b, i), fields, int_addresses) for i in range(b.n)]
+        return iter(out)
+    if not odd:
+        return zip(*cols)
+    out = list(zip(*cols))
+    for i in odd:
+        out[i] = _row_of(Flow._from_batch(b, i), fields, int_addresses)
+    return iter(out)
+
+
+_ADDRESS_FIELDS = frozenset(("src", "dst", "reply_src", "reply_dst"))
+
+
+def _row_of(f: Flow, fields: Tuple[str, ...], int_addresses: bool = False) -> Tuple[Any, ...]:
+    """A row through the object API (the records the columns cannot describe)."""
+    out = []
+    for name in fields:
+        obj: Any = f
+        for attr in ROW_FIELDS[name].split("."):
+            obj = getattr(obj, attr)
+        out.append(int(obj) if int_addresses and name in _ADDRESS_FIELDS else obj)
+    return tuple(out)
 
 
 def _tuple_from(values: _binding.TupleValues) -> FlowTuple:

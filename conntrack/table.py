@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _binding
 from .enums import Family, Proto, Status, TCPState, parse_family
@@ -20,7 +20,7 @@ from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, Event, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter, Plan
-from .flow import Flow, entry_fields
+from .flow import ROW_FIELDS, Flow, entry_fields, rows
 from .netns import NetnsSpec, resolve
 
 
@@ -149,6 +149,45 @@ class Conntrack:
                 f._i = i
                 if where is None or where(f):
                     yield f
+
+    def dump_tuples(
+        self,
+        filter: Optional[Filter] = None,
+        *,
+        fields: Sequence[str] = ("src", "dst", "sport", "dport", "state"),
+        family: Union[str, int, Family, None] = None,
+        addresses: str = "object",
+        prefetch: bool = True,
+    ) -> Iterator[Tuple[Any, ...]]:
+        """Stream plain tuples, one per matching flow, of the values named by
+        ``fields``: ``family``, ``proto``, ``src``, ``dst``, ``sport``,
+        ``dport``, ``reply_src``, ``reply_dst``, ``reply_sport``,
+        ``reply_dport``, ``state``, ``status``, ``mark``, ``timeout``,
+        ``zone``, ``id``.
+
+        Each value is the one the object API gives (``src`` is
+        ``flow.orig.src``, an :class:`ipaddress.IPv4Address` or
+        :class:`~ipaddress.IPv6Address`; ``state`` is ``flow.state``), but no
+        :class:`Flow` is made: the rows are assembled a batch at a time from
+        the records' columns.  ``addresses="int"`` gives addresses as ints
+        (``int(flow.orig.src)``) instead: no address object is built, which
+        is most of the cost on tables with many distinct addresses.  For
+        rows fed to a data frame, a log line or a set.
+        """
+        if addresses not in ("object", "int"):
+            raise ValueError("addresses: expected 'object' or 'int', got %r" % (addresses,))
+        names = tuple(fields)
+        if isinstance(fields, str) or not names:
+            raise ValueError("fields: give a non-empty sequence of field names")
+        unknown = [name for name in names if name not in ROW_FIELDS]
+        if unknown:
+            raise ValueError("fields: unknown %s (known: %s)" % (", ".join(map(repr, unknown)), ", ".join(ROW_FIELDS)))
+        self._sock._p()
+        plan = self._plan(filter, family)
+        kf = _binding.kfilter(plan.kernel)
+        uf = _binding.ufilter(plan.user)
+        for b in self._sock.dump(plan.family, kf, uf, prefetch):
+            yield from rows(b, names, addresses == "int")
 
     def events(
         self,
