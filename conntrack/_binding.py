@@ -160,7 +160,7 @@ class Batch:
             return []
         size = _FMT_SIZE[fmt]
         mv = memoryview(ffi.buffer(self.recs, n * RECORD_SIZE))
-        col = mv[offset:offset + (n - 1) * RECORD_SIZE + size].cast(fmt)[::RECORD_SIZE // size]
+        col = mv[offset:offset + (n - 1) * RECORD_SIZE + size].cast(fmt)[::RECORD_SIZE // size]  # type: ignore[call-overload]
         if network_order and _SWAP:
             arr = array(fmt, col.tobytes())
             arr.byteswap()

@@ -11,7 +11,19 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 from itertools import repeat
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
 
 from . import _binding
 from .enums import (
@@ -321,7 +333,7 @@ def _enum_column(values: List[int], cache: Dict[int, Any], make: Callable[[int],
 
 
 def _optional_column(b: _binding.Batch, name: str) -> List[Optional[int]]:
-    values = b.column(_OFF[name], "I")
+    values: List[Optional[int]] = b.column(_OFF[name], "I")  # type: ignore[assignment]
     bit = _HAS[name]
     presents = b.column(_OFF["present"], "I")
     if all(map(bit.__and__, presents)):
