@@ -13,7 +13,8 @@ from typing import Any, List, Set, Tuple
 import pytest
 
 import conntrack
-from conntrack import Filter, Flow, flow as flowmod
+from conntrack import Filter, Flow
+from conntrack import flow as flowmod
 from conntrack.flow import ROW_FIELDS
 
 # Entries the column decoding cannot describe, spread among the IPv4 ones.
