@@ -55,6 +55,7 @@ class Bench:
         self.saved: Dict[str, int] = {}
         self.events: Dict[str, Tuple[int, int]] = {}
         self.other_entries = -1
+        self.wrote: Dict[str, int] = {}  # the last value this run wrote, per sysctl
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -106,6 +107,7 @@ class Bench:
         now = ctbench.read_sysctl("nf_conntrack_max")
         if now < want:
             ctbench.write_sysctl("nf_conntrack_max", want)
+            self.wrote["nf_conntrack_max"] = want
             self.notes["max"] = ("nf_conntrack_max was lowered by another process during the run (to %d);"
                                  " raised again to %d" % (now, want))
             log("    !! " + self.notes["max"])
@@ -132,6 +134,7 @@ class Bench:
         want = 2 * self.n + 65536
         if self.saved["nf_conntrack_max"] < want:
             ctbench.write_sysctl("nf_conntrack_max", want)
+            self.wrote["nf_conntrack_max"] = want
             log("nf_conntrack_max: %d -> %d for the run (restored at exit)" % (self.saved["nf_conntrack_max"], want))
         self.other_entries = ctbench.entries_elsewhere()
         log("conntrack entries in the host and other namespaces: %s" % self.notes_other())
@@ -157,7 +160,7 @@ class Bench:
         if self.ns is not None:
             self.ns.delete()
             self.ns = None
-        restore_sysctls(self.saved)
+        restore_sysctls(self.saved, self.wrote)
 
     # -- 1. dump ----------------------------------------------------------------------------
 
@@ -447,11 +450,13 @@ print(n, flush=True)
         self.saved.setdefault("nf_conntrack_buckets", old)
         log("5. hash buckets: %d -> %d (chains %.1f -> %.1f), dump re-measured" % (old, new, self.n / old, self.n / new))
         ctbench.write_sysctl("nf_conntrack_buckets", new)
+        self.wrote["nf_conntrack_buckets"] = new
         try:
             self.table_ok()
             self.bench_dump(suffix=" [buckets=N]")
         finally:
             ctbench.write_sysctl("nf_conntrack_buckets", old)
+            self.wrote["nf_conntrack_buckets"] = old
             log("   nf_conntrack_buckets restored to %d" % old)
 
     # -- report -----------------------------------------------------------------------------
@@ -571,12 +576,21 @@ def machine() -> str:
         cli or "conntrack(8) ?", platform.python_version())
 
 
-def restore_sysctls(saved: Dict[str, int]) -> None:
+def restore_sysctls(saved: Dict[str, int], wrote: Optional[Dict[str, int]] = None) -> None:
+    """Write back what the run found, where the value is still the one the run
+    wrote: if another process changed it since (a test that lowers the max for
+    a moment and puts its own value back), restoring ours would undo theirs."""
     for name, value in list(saved.items()):
         try:
-            if ctbench.read_sysctl(name) != value:
-                ctbench.write_sysctl(name, value)
-                log("%s restored to %d" % (name, value))
+            now = ctbench.read_sysctl(name)
+            if now == value:
+                continue
+            if wrote is not None and name in wrote and now != wrote[name]:
+                log("%s is %d, changed by another process since this run set %d: left as it is (found %d)"
+                    % (name, now, wrote[name], value))
+                continue
+            ctbench.write_sysctl(name, value)
+            log("%s restored to %d" % (name, value))
         except OSError as exc:  # keep restoring the others
             log("!! could not restore %s to %d: %s" % (name, value, exc))
 
