@@ -4,10 +4,14 @@ the per-record decoding, the object API and conntrack(8)."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import os
 import re
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 from typing import Any, List, Set, Tuple
 
 import pytest
@@ -177,3 +181,27 @@ def test_import_leaves_health_and_sysctl_for_later():
     assert out == ["False", "conntrack.sysctl", "conntrack.health"]
     with pytest.raises(AttributeError):
         conntrack.no_such_name  # noqa: B018
+
+
+def test_read_tuples_example(table, capsys):
+    """docs/examples/read_tuples.py (shown in docs/flows.rst), as imported and as a script."""
+    ct, ns = table
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("docs_example_read_tuples", root / "docs/examples/read_tuples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    talkers = module.top_talkers(ct)
+    assert sum(talkers.values()) == N_V4 + len(ODD)
+    assert talkers == Counter((f.orig.src, f.orig.dport) for f in ct.dump())
+    rows = module.established_rows(ct)
+    want = sorted((int(f.orig.src), int(f.orig.dst), f.orig.sport, f.orig.dport)
+                  for f in ct.dump(Filter(proto="tcp", state="ESTABLISHED")))
+    assert sorted(rows) == want and rows
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "%d established TCP flows" % len(want)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, str(root / "docs/examples/read_tuples.py")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == out[-1]
