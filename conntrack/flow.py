@@ -198,20 +198,24 @@ _new_v4 = _v4_maker()
 def _addrs4(values: List[int]) -> List[ipaddress.IPv4Address]:
     """IPv4Address objects for address values, from the cache."""
     cache = _A4
-    missing = set(values).difference(cache)
-    if missing:
-        if len(cache) + len(missing) > ADDRESS_CACHE_SIZE:
+    got: List[Any] = list(map(cache.get, values))
+    misses = [i for i, a in enumerate(got) if a is None]
+    if misses:
+        if len(cache) + len(misses) > ADDRESS_CACHE_SIZE:
             cache.clear()
-            missing = set(values)
-        if _new_v4 is _fast_v4:
-            new, cls = object.__new__, ipaddress.IPv4Address
-            for v in missing:
-                a = cache[v] = new(cls)
-                a._ip = v  # type: ignore[attr-defined]  # what _fast_v4 does, inlined
-        else:  # pragma: no cover
-            for v in missing:
-                cache[v] = _new_v4(v)
-    return list(map(cache.__getitem__, values))
+        fast = _new_v4 is _fast_v4
+        new, cls = object.__new__, ipaddress.IPv4Address
+        for i in misses:
+            v = values[i]
+            a = cache.get(v)
+            if a is None:
+                if fast:
+                    a = cache[v] = new(cls)
+                    a._ip = v  # type: ignore[attr-defined]  # what _fast_v4 does, inlined
+                else:  # pragma: no cover
+                    a = cache[v] = _new_v4(v)
+            got[i] = a
+    return got
 
 
 def _make_addr(family: int, raw: bytes) -> IPAddress:
