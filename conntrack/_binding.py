@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
+from array import array
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._nfct import ffi, lib
@@ -37,6 +39,25 @@ HAS = {
     for name in dir(lib)
     if name.startswith("CTPY_HAS_")
 }
+
+#: Bytes per ``struct ctpy_record`` (a multiple of 8: the struct holds uint64_t).
+RECORD_SIZE = ffi.sizeof("struct ctpy_record")
+_FMT_SIZE = {"B": 1, "H": 2, "I": 4}
+_SWAP = sys.byteorder == "little"
+
+
+def _offsets() -> Dict[str, int]:
+    out = {}
+    for name, f in ffi.typeof("struct ctpy_record").fields:
+        out[name] = f.offset
+        if name in ("orig", "reply"):
+            for sub, g in ffi.typeof("struct ctpy_tuple").fields:
+                out[name + "." + sub] = f.offset + g.offset
+    return out
+
+
+#: Byte offset of each record field ("status", "orig.sport", ...), for :meth:`Batch.column`.
+OFFSET = _offsets()
 
 TOP_PARTS = {
     name[len("CTPY_TOP_"):].lower(): getattr(lib, name)
@@ -72,7 +93,7 @@ class Batch:
     read out of the record when asked for.
     """
 
-    __slots__ = ("recs", "pool", "n", "size", "pool_size")
+    __slots__ = ("recs", "pool", "n", "size", "pool_size", "origs", "replies", "states")
 
     def __init__(self, size: int = BATCH, pool: int = POOL) -> None:
         self.recs = ffi.new("struct ctpy_record[]", size)
@@ -80,6 +101,10 @@ class Batch:
         self.n = 0
         self.size = size
         self.pool_size = pool
+        # decoded once per batch, on first use, by flow.py (records never change once read)
+        self.origs: Optional[List[Any]] = None
+        self.replies: Optional[List[Any]] = None
+        self.states: Optional[List[Any]] = None
 
     def fill(self, p: Any, uf: Any) -> int:
         """Let the C dump loop fill this batch; the number of records, or -errno."""
@@ -138,6 +163,23 @@ class Batch:
         off = int(getattr(r, name + "_off"))
         n = int(getattr(r, name + "_len"))
         return bytes(ffi.buffer(self.pool + off, n)).decode("utf-8", "replace")
+
+    def column(self, offset: int, fmt: str, network_order: bool = False) -> List[int]:
+        """One field of every record as a list of ints, read in C (no call
+        into the extension, so the GIL is never released here).  *offset* is
+        the field's byte offset in a record (see ``OFFSET``); *fmt* is ``"B"``,
+        ``"H"`` or ``"I"``, in native byte order unless *network_order*."""
+        n = self.n
+        if not n:
+            return []
+        size = _FMT_SIZE[fmt]
+        mv = memoryview(ffi.buffer(self.recs, n * RECORD_SIZE))
+        col = mv[offset:offset + (n - 1) * RECORD_SIZE + size].cast(fmt)[::RECORD_SIZE // size]  # type: ignore[call-overload]
+        if network_order and _SWAP:
+            arr = array(fmt, col.tobytes())
+            arr.byteswap()
+            return arr.tolist()
+        return col.tolist()
 
     # -- writing (flows built by users) -----------------------------------
 

@@ -17,7 +17,20 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+)
 
 from . import _binding
 from .enums import SETTABLE_STATUS, Family, Proto, Status, TCPState, parse_family, parse_status
@@ -38,7 +51,7 @@ from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, EventStream, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter, Plan
-from .flow import Flow, check_create, entry_fields, status_names
+from .flow import ROW_FIELDS, Flow, check_create, entry_fields, rows, status_names
 from .netns import NetnsSpec, resolve
 from .top import By, Top, decode, parse_by
 
@@ -261,6 +274,45 @@ class Conntrack:
         batches = self._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user),
                                   prefetch, state)
         return _flows(batches, where, state)
+
+    @_owned
+    def dump_tuples(
+        self,
+        filter: Optional[Filter] = None,
+        *,
+        fields: Sequence[str] = ("src", "dst", "sport", "dport", "state"),
+        family: Union[str, int, Family, None] = None,
+        addresses: str = "object",
+        prefetch: bool = True,
+    ) -> Iterator[Tuple[Any, ...]]:
+        """Stream plain tuples, one per matching flow, of the values named by
+        ``fields``: ``family``, ``proto``, ``src``, ``dst``, ``sport``,
+        ``dport``, ``reply_src``, ``reply_dst``, ``reply_sport``,
+        ``reply_dport``, ``state``, ``status``, ``mark``, ``timeout``,
+        ``zone``, ``id``.
+
+        Each value is the one the object API gives (``src`` is
+        ``flow.orig.src``, an :class:`ipaddress.IPv4Address` or
+        :class:`~ipaddress.IPv6Address`; ``state`` is ``flow.state``), but no
+        :class:`Flow` is made: the rows are assembled a batch at a time from
+        the records' columns.  ``addresses="int"`` gives addresses as ints
+        (``int(flow.orig.src)``) instead: no address object is built, which
+        is most of the cost on tables with many distinct addresses.  For
+        rows fed to a data frame, a log line or a set.
+        """
+        if addresses not in ("object", "int"):
+            raise ValueError("addresses: expected 'object' or 'int', got %r" % (addresses,))
+        names = tuple(fields)
+        if isinstance(fields, str) or not names:
+            raise ValueError("fields: give a non-empty sequence of field names")
+        unknown = [name for name in names if name not in ROW_FIELDS]
+        if unknown:
+            raise ValueError("fields: unknown %s (known: %s)" % (", ".join(map(repr, unknown)), ", ".join(ROW_FIELDS)))
+        plan = self._plan(filter, family)
+        state = _binding.DumpState()
+        batches = self._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user),
+                                  prefetch, state)
+        return _rows(batches, names, addresses == "int", state)
 
     @_owned
     def events(
@@ -786,6 +838,15 @@ def _flows(batches: Iterator[_binding.Batch], where: Optional[Callable[[Flow], b
             f._i = i
             if where is None or where(f):
                 yield f
+    if state.interrupted:
+        warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
+                                      "under it); entries may be missing or repeated"), stacklevel=2)
+
+
+def _rows(batches: Iterator[_binding.Batch], names: Tuple[str, ...], int_addresses: bool,
+          state: _binding.DumpState) -> Iterator[Tuple[Any, ...]]:
+    for b in batches:
+        yield from rows(b, names, int_addresses)
     if state.interrupted:
         warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
                                       "under it); entries may be missing or repeated"), stacklevel=2)
