@@ -39,22 +39,34 @@ def _pkgconfig(*args: str) -> str:
     return out.stdout.strip()
 
 
-def _check_header() -> None:
+def _check_header() -> str:
+    """The path of the header that the compiler will find first."""
     dirs = [p[2:] for p in _pkgconfig("--cflags-only-I", *PKGS).split()]
     dirs += ["/usr/include", "/usr/local/include"]
-    if not any(os.path.exists(os.path.join(d, HEADER)) for d in dirs):
-        sys.exit(MISSING)
+    for d in dirs:
+        if os.path.exists(os.path.join(d, HEADER)):
+            return os.path.join(d, HEADER)
+    sys.exit(MISSING)
 
 
-_check_header()
+HEADER_PATH = _check_header()
 VERSION = _pkgconfig("--modversion", "libnetfilter_conntrack") or "unknown"
+with open(HEADER_PATH, encoding="utf-8", errors="replace") as _h:
+    _HEADER_TEXT = _h.read()
+# Features of newer libnetfilter_conntrack versions, detected in the header
+# (enum members, which the preprocessor cannot test).
+FEATURES = {
+    # event filter by zone (nfct_filter, 1.1.0)
+    "CTPY_HAVE_NFCT_FILTER_ZONE": "NFCT_FILTER_ZONE" in _HEADER_TEXT,
+}
 
 ffibuilder = cffi.FFI()
 ffibuilder.cdef(_read("constants.h"))
 ffibuilder.cdef(_read("ctpy.h"))
 
-source = "#define CTPY_NFCT_VERSION %s\n%s" % (
+source = "#define CTPY_NFCT_VERSION %s\n%s%s" % (
     '"' + VERSION.replace('"', "") + '"',
+    "".join("#define %s 1\n" % name for name, on in FEATURES.items() if on),
     _read("ctpy.c"),
 )
 # `make test-asan`: CTPY_SANITIZE=address,undefined builds an instrumented

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -507,6 +508,41 @@ print(n, flush=True)
                 % (name, fmt_n(got), fmt_n(made), 100.0 * got / max(made, 1), secs))
             self.ct.delete(conntrack.Filter(mark=0x7777))
 
+    def bench_event_filter(self, burst: int = 200_000, rcvbuf: int = 256 * 1024) -> None:
+        """A burst in which 1% of the entries match a stream's filter, read by one
+        consumer thread with a small receive buffer: events lost with the
+        kernel-side (socket BPF) filter and with the C check alone."""
+        assert self.ct is not None and self.ns is not None
+        log("9. a burst of %s NEW events, 1%% matching, %d KiB buffer: lost with/without the kernel filter"
+            % (fmt_n(burst), rcvbuf // 1024))
+        flows = [conntrack.Flow(proto="udp", src="2001:db8:%x:%x:%x::1" % (0xff if k % 100 == 0 else 1, k >> 16,
+                                                                         k & 0xFFFF),
+                                dst="2001:db8::53", sport=1000, dport=53, timeout=600, mark=0x7778)
+                 for k in range(burst)]
+        wanted = Filter(src="2001:db8:ff::/48")
+        matching = sum(1 for k in range(burst) if k % 100 == 0)
+        for name, features in (("kernel (BPF) + C filter", None),
+                               ("C filter only", conntrack.KernelFeatures.none())):
+            self.ensure_max()
+            with conntrack.Conntrack(self.ns.name, features=features) as ct:
+                log("    %s: %s" % (name, wanted.explain(ct.features, events=True)))
+                stream = ct.events(wanted, types=conntrack.EventType.NEW, rcvbuf=rcvbuf, idle_timeout=3.0)
+                got = [0]
+                reader = threading.Thread(target=_count_new, args=(stream, got))
+                reader.start()
+                t0 = time.perf_counter()
+                made = self.ct.create_many(flows)
+                secs = time.perf_counter() - t0
+                reader.join(120)
+                label = "event filter: " + name
+                self.events[label + ", matching"] = (got[0], matching)
+                self.notes[label] = "%s: %d events lost (SK_MEMINFO_DROPS), %d overflows" % (
+                    label, stream.lost or 0, stream.overflows)
+                log("    %-40s %6s of %s matching received, %s events lost, %d overflows; burst of %s took %.2f s"
+                    % (name, fmt_n(got[0]), fmt_n(matching), fmt_n(stream.lost or 0), stream.overflows,
+                       fmt_n(made), secs))
+            self.ct.delete(conntrack.Filter(mark=0x7778))
+
     # -- 5. buckets -------------------------------------------------------------------------
 
     def bench_buckets(self) -> None:
@@ -631,6 +667,12 @@ print(n, flush=True)
         return "\n".join(lines)
 
 
+def _count_new(stream: conntrack.EventStream, got: List[int]) -> None:
+    """A consumer: count the stream's NEW events into got[0]."""
+    for ev in stream:
+        got[0] += ev.type == conntrack.EventType.NEW
+
+
 def _read_all(fh: Any) -> str:
     fh.seek(0)
     return str(fh.read())
@@ -685,7 +727,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-buckets", action="store_true",
                     help="skip re-measuring the dump with nf_conntrack_buckets raised to N")
     ap.add_argument("--json", metavar="PATH", help="also write the raw numbers as JSON")
-    ap.add_argument("--sections", default="dump,loop,count,delete,memory,scrape,top,events,buckets",
+    ap.add_argument("--sections", default="dump,loop,count,delete,memory,scrape,top,events,evfilter,buckets",
                     help="comma-separated sections to run (default: all)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -704,7 +746,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         b.setup()
         for name, fn in (("dump", b.bench_dump), ("loop", b.bench_loop), ("count", b.bench_count),
                          ("delete", b.bench_delete), ("memory", b.bench_memory), ("scrape", b.bench_scrape),
-                         ("top", b.bench_top), ("events", b.bench_events)):
+                         ("top", b.bench_top), ("events", b.bench_events), ("evfilter", b.bench_event_filter)):
             if name in sections:
                 fn()
         if "buckets" in sections and not args.no_buckets:

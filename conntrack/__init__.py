@@ -33,7 +33,7 @@ from .errors import (
     Unsupported,
     WrongOwner,
 )
-from .events import Event, EventType
+from .events import Event, EventStream, EventType
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Counters, Flow, FlowTuple
@@ -54,6 +54,7 @@ __all__ = [
     "DeleteInterrupted",
     "DeleteResult",
     "Event",
+    "EventStream",
     "EventType",
     "Exists",
     "Family",

@@ -574,26 +574,81 @@ class EventSocket:
             raise from_errno(err[0] if err[0] > 0 else 5, "cannot open a ctnetlink event socket")
         self._ptr = ffi.gc(ptr, lib.ctpy_close)
         self._overflows = ffi.new("uint32_t *")
-        check(lib.ctpy_events_subscribe(self._ptr, types), "subscribe to conntrack events")
+        self._lost = ffi.new("int64_t *")
+        self._types = ffi.new("uint8_t[]", EVENT_BATCH)
+        try:
+            check(lib.ctpy_events_subscribe(self._ptr, types), "subscribe to conntrack events")
+        except BaseException:
+            self.close()
+            raise
 
-    def next(self, uf: Any, timeout_ms: int) -> Tuple[Batch, List[int], int]:
-        """A batch of matching events (maybe empty), their types, and overflows since the last call."""
-        b = Batch(256, 64 * 1024)
-        types = ffi.new("uint8_t[]", 256)
+    def _p(self) -> Any:
+        if self._ptr is None:
+            raise ValueError("operation on a closed event stream")
+        return self._ptr
+
+    def fileno(self) -> int:
+        """The socket's descriptor (readable when events are queued)."""
+        return int(lib.ctpy_events_fd(self._p()))
+
+    def attach_bpf(self, spec: Dict[str, Any]) -> None:
+        """Attach the kernel-side event filter described by *spec* (see filter.py)."""
+        b = ffi.new("struct ctpy_bpf *")
+        fields = 0
+        for key, value in spec.items():
+            fields |= getattr(lib, "CTPY_B_" + key.upper())
+            if key in ("src", "dst"):
+                family, addr, mask = value
+                c = getattr(b, key)
+                c.family = family
+                ffi.memmove(c.addr, addr, len(addr))
+                ffi.memmove(c.mask, mask, len(mask))
+            elif key == "mark":
+                b.mark_val, b.mark_mask = value
+            elif key == "state":
+                b.states = value
+            else:
+                setattr(b, key, value)
+        b.fields = fields
+        check(lib.ctpy_events_bpf(self._p(), b), "attach the event filter")
+
+    def next(self, uf: Any, timeout_ms: int) -> Tuple[Batch, List[int], int, Optional[int]]:
+        """A batch of matching events (maybe empty), their types, the overflows
+        since the last call and the events lost with them (None: unknown).
+
+        With ``timeout_ms=0`` it never waits: an empty batch and no overflow
+        mean that nothing is queued, neither in our buffer nor in the kernel's.
+        """
+        b = Batch(EVENT_BATCH, 64 * 1024)
+        types = self._types
         self._overflows[0] = 0
-        b.n = check(lib.ctpy_events_next(self._ptr, uf, b.recs, types, 256, b.pool, b.pool_size,
-                                         timeout_ms, self._overflows), "events")
-        return b, [int(types[i]) for i in range(b.n)], int(self._overflows[0])
+        self._lost[0] = 0
+        b.n = check(lib.ctpy_events_next(self._p(), uf, b.recs, types, EVENT_BATCH, b.pool, b.pool_size,
+                                         timeout_ms, self._overflows, self._lost), "events")
+        lost = int(self._lost[0])
+        return b, [int(types[i]) for i in range(b.n)], int(self._overflows[0]), (lost if lost >= 0 else None)
 
     def close(self) -> None:
         ptr, self._ptr = self._ptr, None
         if ptr is not None:
             ffi.release(ptr)
 
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+
+#: Events per batch handed from the event reader to Python.
+EVENT_BATCH = 256
+#: True when libnetfilter_conntrack can filter events by zone in the kernel (1.1.0).
+BPF_ZONE = bool(lib.ctpy_events_bpf_zone())
 
 EV_NEW = lib.CTPY_EV_NEW
 EV_UPDATE = lib.CTPY_EV_UPDATE
 EV_DESTROY = lib.CTPY_EV_DESTROY
+EV_SNAPSHOT = lib.CTPY_EV_SNAPSHOT
+EV_SNAPSHOT_BEGIN = lib.CTPY_EV_SNAPSHOT_BEGIN
+EV_SNAPSHOT_END = lib.CTPY_EV_SNAPSHOT_END
 EV_OVERFLOW = lib.CTPY_EV_OVERFLOW
 
 

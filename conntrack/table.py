@@ -48,7 +48,7 @@ from .errors import (
     from_errno,
 )
 from .events import ALL as ALL_EVENTS
-from .events import DEFAULT_RCVBUF, Event, EventType, listen
+from .events import DEFAULT_RCVBUF, EventStream, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import ROW_FIELDS, Flow, check_create, entry_fields, rows, status_names
@@ -323,20 +323,54 @@ class Conntrack:
         family: Union[str, int, Family, None] = None,
         rcvbuf: int = DEFAULT_RCVBUF,
         idle_timeout: Optional[float] = None,
-    ) -> Iterator[Event]:
-        """Follow the table's events (``conntrack -E``): :class:`~conntrack.events.Event`
-        objects for NEW, UPDATE and DESTROY, filtered in C before Python sees them.
+        resync: bool = False,
+    ) -> EventStream:
+        """Follow the table's events (``conntrack -E``): an
+        :class:`~conntrack.events.EventStream` of :class:`~conntrack.events.Event`
+        objects, iterated with ``for`` (blocking) or ``async for``.
+
+        ``types`` picks the kernel's event groups: ask only for what you need
+        (``EventType.NEW | EventType.DESTROY`` leaves out the UPDATE flood of
+        every TCP state change).  The filter's protocol, TCP states, original
+        addresses, mark (and zone with libnetfilter_conntrack 1.1) are checked
+        in the kernel by a socket filter, the whole filter in C before Python
+        sees an event (:meth:`Filter.explain(events=True) <conntrack.Filter.explain>`).
 
         The stream has its own socket (receive buffer ``rcvbuf``, forced with
         CAP_NET_ADMIN).  When the kernel drops events anyway it yields an
-        ``EventType.OVERFLOW`` event and goes on; re-dump for a whole view.
+        ``EventType.OVERFLOW`` event whose ``lost`` says how many, and goes
+        on; :meth:`~conntrack.events.EventStream.resync` (or ``resync=True``,
+        after every overflow) then yields a snapshot of the matching entries.
         It ends after ``idle_timeout`` seconds without events (never by
-        default) or when you stop iterating.  The subscription starts at this
+        default) or when you close it.  The subscription starts at this
         call.  The kernel sends no labels with DESTROY events, so those pass
         a labels filter.
         """
         plan = self._plan(filter, family)
-        return listen(self._netns_fd, plan, types, rcvbuf, idle_timeout)
+        return listen(self._netns_fd, plan, types, rcvbuf, idle_timeout, resync)
+
+    def aevents(
+        self,
+        filter: Optional[Filter] = None,
+        *,
+        types: EventType = ALL_EVENTS,
+        family: Union[str, int, Family, None] = None,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        idle_timeout: Optional[float] = None,
+        resync: bool = False,
+    ) -> EventStream:
+        """The same stream as :meth:`events`, spelled for asyncio::
+
+            async with ct.aevents(Filter(dport=443), types=EventType.NEW | EventType.DESTROY) as stream:
+                async for ev in stream:
+                    ...
+
+        ``async for`` never blocks the event loop and uses no thread (a
+        resync's dump runs in the loop's default executor).  ``async with``
+        removes the loop's reader before the socket closes.
+        """
+        return self.events(filter, types=types, family=family, rcvbuf=rcvbuf,
+                           idle_timeout=idle_timeout, resync=resync)
 
     @_owned
     def count(self, filter: Optional[Filter] = None, *, family: Union[str, int, Family, None] = None) -> int:
