@@ -57,10 +57,21 @@ source = "#define CTPY_NFCT_VERSION %s\n%s" % (
     '"' + VERSION.replace('"', "") + '"',
     _read("ctpy.c"),
 )
+# `make test-asan`: CTPY_SANITIZE=address,undefined builds an instrumented
+# extension into CTPY_BUILD_DIR (never over the in-place build).
+SANITIZE = os.environ.get("CTPY_SANITIZE", "")
+BUILD_DIR = os.environ.get("CTPY_BUILD_DIR", HERE)
+cflags = ["-O2", "-Wall", "-Wno-unused-function"]
+ldflags = []
+if SANITIZE:
+    cflags = ["-O1", "-g", "-Wall", "-Wno-unused-function", "-fno-omit-frame-pointer",
+              "-fsanitize=" + SANITIZE, "-fno-sanitize-recover=all"]
+    ldflags = ["-fsanitize=" + SANITIZE]
 kwargs = dict(
     include_dirs=[CSRC],
     depends=[os.path.join(CSRC, n) for n in ("ctpy.c", "ctpy.h", "constants.h")],
-    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+    extra_compile_args=cflags,
+    extra_link_args=ldflags,
 )
 try:
     ffibuilder.set_source_pkgconfig("conntrack._nfct", PKGS, source, **kwargs)
@@ -73,4 +84,4 @@ except cffi.PkgConfigError:
     )
 
 if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=HERE, verbose=False)
+    ffibuilder.compile(tmpdir=BUILD_DIR, verbose=False)

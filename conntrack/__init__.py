@@ -14,23 +14,31 @@ libnetfilter_conntrack::
 
 from __future__ import annotations
 
-from . import health, sysctl  # noqa: E402  (they build on the names above)
+from typing import Any
+
 from ._binding import nfct_version
 from .enums import DCCPState, Family, Proto, SCTPState, Status, TCPState
 from .errors import (
     BulkDeleteError,
     ConntrackError,
     ConntrackOSError,
+    DeleteInterrupted,
     Exists,
+    HandleClosed,
+    MatchesEverything,
     NoPermission,
+    NotANamespace,
     NotFound,
+    TimedOut,
     Unsupported,
+    WrongOwner,
 )
 from .events import Event, EventType
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Counters, Flow, FlowTuple
 from .table import Conntrack, DeleteResult, Summary
+from .top import Top
 
 __version__ = "0.1.0"
 
@@ -43,16 +51,20 @@ __all__ = [
     "ConntrackOSError",
     "Counters",
     "DCCPState",
+    "DeleteInterrupted",
     "DeleteResult",
     "Event",
     "EventType",
     "Exists",
     "Family",
     "Filter",
+    "HandleClosed",
+    "MatchesEverything",
     "Flow",
     "FlowTuple",
     "KernelFeatures",
     "NoPermission",
+    "NotANamespace",
     "NotFound",
     "Plan",
     "Proto",
@@ -60,6 +72,19 @@ __all__ = [
     "Status",
     "Summary",
     "TCPState",
+    "Top",
+    "TimedOut",
     "Unsupported",
+    "WrongOwner",
     "nfct_version",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``conntrack.health`` and ``conntrack.sysctl`` are imported on first use:
+    a script that only dumps or deletes starts faster without them."""
+    if name in ("health", "sysctl"):
+        import importlib
+
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

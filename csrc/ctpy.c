@@ -24,6 +24,7 @@
 #include <arpa/inet.h>
 #include <endian.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <netinet/in.h>
 #include <linux/netlink.h>
 #include <libmnl/libmnl.h>
@@ -57,6 +58,7 @@ struct ctpy_sock {
     size_t off;
     int max_inflight;       /* requests per sendmsg whose acks fit rcvbuf */
     int overflow;           /* events: ENOBUFS seen, queue not yet drained */
+    int dump_intr;          /* a message of this dump had NLM_F_DUMP_INTR */
 };
 
 /* What one queued acknowledgement costs in sk_rmem_alloc (skb truesize of
@@ -157,6 +159,28 @@ struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err)
     s->seq = (uint32_t)getpid() ^ (uint32_t)(uintptr_t)s;
     s->done = 1;
     return s;
+}
+
+/* Bound every blocking recv (request/acknowledge exchanges, dumps): a
+ * kernel that never answers makes recv fail with EAGAIN instead of hanging.
+ * ms <= 0: wait forever. */
+int ctpy_set_timeout(struct ctpy_sock *s, int ms)
+{
+    struct timeval tv = {0, 0};
+
+    if (ms > 0) {
+        tv.tv_sec = ms / 1000;
+        tv.tv_usec = (ms % 1000) * 1000;
+    }
+    if (setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+        return -errno;
+    return 0;
+}
+
+/* The socket's descriptor (tests inspect it; nothing else uses it). */
+int ctpy_sock_fd(const struct ctpy_sock *s)
+{
+    return s->fd;
 }
 
 void ctpy_close(struct ctpy_sock *s)
@@ -326,11 +350,17 @@ static uint32_t pool_put(char *pool, uint32_t *used, const char *str)
 static void fill_record(const struct nf_conntrack *ct, struct ctpy_record *r,
                         char *pool, uint32_t *pool_used)
 {
-    uint32_t p = CTPY_HAS_ORIG | CTPY_HAS_REPLY;
+    uint32_t p = 0;
 
     memset(r, 0, sizeof(*r));
-    get_tuple(ct, 0, &r->orig);
-    get_tuple(ct, 1, &r->reply);
+    if (nfct_attr_is_set(ct, ATTR_ORIG_L3PROTO) > 0) {
+        get_tuple(ct, 0, &r->orig);
+        p |= CTPY_HAS_ORIG;
+    }
+    if (nfct_attr_is_set(ct, ATTR_REPL_L3PROTO) > 0) {
+        get_tuple(ct, 1, &r->reply);
+        p |= CTPY_HAS_REPLY;
+    }
     if (r->reply.has_icmp)
         r->reply.icmp_code = r->orig.icmp_code;
     if (nfct_attr_is_set(ct, ATTR_MASTER_L3PROTO) > 0) {
@@ -414,7 +444,15 @@ static void fill_record(const struct nf_conntrack *ct, struct ctpy_record *r,
  * parser (nfct_nlmsg_parse, used by fill_record above) spends about as long
  * in userspace as the kernel spends producing the dump; this one a fraction
  * of that.  ctpy_dump_crosscheck() compares the two on every entry of a live
- * table, and the tests run it.
+ * table, ctpy_parse_message() on one message, and the tests run both.
+ *
+ * It is also the fence around a kernel ABI.  It reads nothing outside
+ * [nlh, nlh + nlmsg_len) and refuses the message (-1) when an attribute it
+ * reads has another size than the ABI's, a string is not NUL-terminated, or
+ * a nest it walks is not filled by whole attributes (a length that overruns
+ * its parent, a truncated tail).  A known attribute sent twice counts once,
+ * the last (netlink's rule, and nfct_nlmsg_parse's); unknown attributes are
+ * skipped.
  */
 
 #define A_OK(a, rem) ((rem) >= (int)sizeof(struct nlattr) && \
@@ -426,126 +464,175 @@ static void fill_record(const struct nf_conntrack *ct, struct ctpy_record *r,
 #define A_LEN(a) ((int)(a)->nla_len - NLA_HDRLEN)
 #define A_FOR(a, parent, rem) \
     for (rem = A_LEN(parent), a = (const struct nlattr *)A_DATA(parent); A_OK(a, rem); a = A_NEXT(a, rem))
+/* After an A_FOR loop: bytes left that are no whole attribute (the padding
+ * of an unaligned last attribute leaves rem at -3..0). */
+#define A_LEFTOVER(rem) ((rem) > 0)
 
-static uint8_t a_u8(const struct nlattr *a)
+static uint8_t a_u8(const struct nlattr *a, int *bad)
 {
-    return A_LEN(a) >= 1 ? *(const uint8_t *)A_DATA(a) : 0;
+    if (A_LEN(a) != 1) {
+        *bad = 1;
+        return 0;
+    }
+    return *(const uint8_t *)A_DATA(a);
 }
 
-static uint16_t a_be16(const struct nlattr *a)
+static uint16_t a_be16(const struct nlattr *a, int *bad)
 {
     uint16_t v = 0;
-    if (A_LEN(a) >= 2)
+    if (A_LEN(a) != 2)
+        *bad = 1;
+    else
         memcpy(&v, A_DATA(a), 2);
     return ntohs(v);
 }
 
-static uint32_t a_be32(const struct nlattr *a)
+static uint32_t a_be32(const struct nlattr *a, int *bad)
 {
     uint32_t v = 0;
-    if (A_LEN(a) >= 4)
+    if (A_LEN(a) != 4)
+        *bad = 1;
+    else
         memcpy(&v, A_DATA(a), 4);
     return ntohl(v);
 }
 
-static uint64_t a_be64(const struct nlattr *a)
+static uint64_t a_be64(const struct nlattr *a, int *bad)
 {
     uint64_t v = 0;
-    if (A_LEN(a) >= 8) {
+    if (A_LEN(a) != 8)
+        *bad = 1;
+    else
         memcpy(&v, A_DATA(a), 8);
-        return be64toh(v);
-    }
-    return a_be32(a);
+    return be64toh(v);
 }
 
-static void a_addr(const struct nlattr *a, uint8_t *dst, int size)
+static void a_addr(const struct nlattr *a, uint8_t *dst, int size, int *bad)
 {
-    if (A_LEN(a) >= size)
+    if (A_LEN(a) != size)
+        *bad = 1;
+    else
         memcpy(dst, A_DATA(a), (size_t)size);
 }
 
+/* t is zeroed (a tuple seen again is cleared by the caller: the last counts). */
 static void fast_tuple(const struct nlattr *nest, uint8_t family,
-                       struct ctpy_tuple *t)
+                       struct ctpy_tuple *t, int *bad)
 {
     const struct nlattr *a, *b;
-    int rem, rem2;
+    int rem, rem2, seen_ip = 0, seen_proto = 0;
 
     t->family = family;
     A_FOR(a, nest, rem) {
         switch (A_TYPE(a)) {
         case CTA_TUPLE_IP:
+            if (seen_ip++) {
+                memset(t->src, 0, sizeof(t->src));
+                memset(t->dst, 0, sizeof(t->dst));
+            }
             A_FOR(b, a, rem2) {
                 switch (A_TYPE(b)) {
-                case CTA_IP_V4_SRC: a_addr(b, t->src, 4); break;
-                case CTA_IP_V4_DST: a_addr(b, t->dst, 4); break;
-                case CTA_IP_V6_SRC: a_addr(b, t->src, 16); break;
-                case CTA_IP_V6_DST: a_addr(b, t->dst, 16); break;
+                case CTA_IP_V4_SRC: a_addr(b, t->src, 4, bad); break;
+                case CTA_IP_V4_DST: a_addr(b, t->dst, 4, bad); break;
+                case CTA_IP_V6_SRC: a_addr(b, t->src, 16, bad); break;
+                case CTA_IP_V6_DST: a_addr(b, t->dst, 16, bad); break;
                 }
             }
+            if (A_LEFTOVER(rem2))
+                *bad = 1;
             break;
         case CTA_TUPLE_PROTO:
+            if (seen_proto++) {
+                t->proto = 0;
+                t->sport = t->dport = t->icmp_id = 0;
+                t->icmp_type = t->icmp_code = t->has_icmp = 0;
+            }
             A_FOR(b, a, rem2) {
                 switch (A_TYPE(b)) {
-                case CTA_PROTO_NUM: t->proto = a_u8(b); break;
-                case CTA_PROTO_SRC_PORT: t->sport = a_be16(b); break;
-                case CTA_PROTO_DST_PORT: t->dport = a_be16(b); break;
+                case CTA_PROTO_NUM: t->proto = a_u8(b, bad); break;
+                case CTA_PROTO_SRC_PORT: t->sport = a_be16(b, bad); break;
+                case CTA_PROTO_DST_PORT: t->dport = a_be16(b, bad); break;
                 case CTA_PROTO_ICMP_ID:
-                case CTA_PROTO_ICMPV6_ID: t->icmp_id = a_be16(b); t->has_icmp = 1; break;
+                case CTA_PROTO_ICMPV6_ID: t->icmp_id = a_be16(b, bad); t->has_icmp = 1; break;
                 case CTA_PROTO_ICMP_TYPE:
-                case CTA_PROTO_ICMPV6_TYPE: t->icmp_type = a_u8(b); t->has_icmp = 1; break;
+                case CTA_PROTO_ICMPV6_TYPE: t->icmp_type = a_u8(b, bad); t->has_icmp = 1; break;
                 case CTA_PROTO_ICMP_CODE:
-                case CTA_PROTO_ICMPV6_CODE: t->icmp_code = a_u8(b); t->has_icmp = 1; break;
+                case CTA_PROTO_ICMPV6_CODE: t->icmp_code = a_u8(b, bad); t->has_icmp = 1; break;
                 }
             }
+            if (A_LEFTOVER(rem2))
+                *bad = 1;
             break;
         case CTA_TUPLE_ZONE:
-            t->zone = a_be16(a);
+            t->zone = a_be16(a, bad);
             t->has_zone = 1;
             break;
         }
     }
+    if (A_LEFTOVER(rem))
+        *bad = 1;
 }
 
-static void fast_counters(const struct nlattr *nest, uint64_t *c)
+/* One direction's counters; returns whether the packet count was there. */
+static int fast_counters(const struct nlattr *nest, uint64_t *c, int *bad)
 {
     const struct nlattr *a;
-    int rem;
+    int rem, packets = 0;
 
+    c[0] = c[1] = 0;
     A_FOR(a, nest, rem) {
         switch (A_TYPE(a)) {
-        case CTA_COUNTERS_PACKETS: case CTA_COUNTERS32_PACKETS: c[0] = a_be64(a); break;
-        case CTA_COUNTERS_BYTES: case CTA_COUNTERS32_BYTES: c[1] = a_be64(a); break;
+        case CTA_COUNTERS_PACKETS: c[0] = a_be64(a, bad); packets = 1; break;
+        case CTA_COUNTERS32_PACKETS: c[0] = a_be32(a, bad); packets = 1; break;
+        case CTA_COUNTERS_BYTES: c[1] = a_be64(a, bad); break;
+        case CTA_COUNTERS32_BYTES: c[1] = a_be32(a, bad); break;
         }
     }
+    if (A_LEFTOVER(rem))
+        *bad = 1;
+    return packets;
 }
 
-/* The first string attribute of type `type` inside nest, into the pool. */
+/* The last string attribute of type `type` inside nest, into the pool.  The
+ * kernel sends them NUL-terminated (nla_put_string). */
 static int fast_string(const struct nlattr *nest, int type, char *pool,
-                       uint32_t *used, uint32_t *off, uint16_t *len)
+                       uint32_t *used, uint32_t *off, uint16_t *len, int *bad)
 {
-    const struct nlattr *a;
+    const struct nlattr *a, *s = NULL;
     int rem;
+    size_t n;
 
     A_FOR(a, nest, rem) {
-        if (A_TYPE(a) == type && A_LEN(a) > 0) {
-            size_t n = strnlen(A_DATA(a), (size_t)A_LEN(a));
-            if (n > 0xffff)
-                n = 0xffff;
-            *off = *used;
-            memcpy(pool + *used, A_DATA(a), n);
-            *used += (uint32_t)n;
-            *len = (uint16_t)n;
-            return 1;
-        }
+        if (A_TYPE(a) == type)
+            s = a;
     }
-    return 0;
+    if (A_LEFTOVER(rem)) {
+        *bad = 1;
+        return 0;
+    }
+    if (!s)
+        return 0;
+    if (A_LEN(s) < 1 || ((const char *)A_DATA(s))[A_LEN(s) - 1] != 0) {
+        *bad = 1;
+        return 0;
+    }
+    n = strlen(A_DATA(s));
+    if (n > 0xffff)
+        n = 0xffff;
+    *off = *used;
+    memcpy(pool + *used, A_DATA(s), n);
+    *used += (uint32_t)n;
+    *len = (uint16_t)n;
+    return 1;
 }
 
-static void fast_protoinfo(const struct nlattr *nest, struct ctpy_record *r)
+/* The state in a CTA_PROTOINFO nest; returns whether there was one. */
+static int fast_protoinfo(const struct nlattr *nest, uint8_t *state, int *bad)
 {
     const struct nlattr *a, *b;
-    int rem, rem2, want;
+    int rem, rem2, want, has = 0;
 
+    *state = 0;
     A_FOR(a, nest, rem) {
         switch (A_TYPE(a)) {
         case CTA_PROTOINFO_TCP: want = CTA_PROTOINFO_TCP_STATE; break;
@@ -553,75 +640,151 @@ static void fast_protoinfo(const struct nlattr *nest, struct ctpy_record *r)
         case CTA_PROTOINFO_DCCP: want = CTA_PROTOINFO_DCCP_STATE; break;
         default: continue;
         }
+        has = 0;
+        *state = 0;
         A_FOR(b, a, rem2) {
             if (A_TYPE(b) == want) {
-                r->state = a_u8(b);
-                r->present |= CTPY_HAS_STATE;
+                *state = a_u8(b, bad);
+                has = 1;
             }
         }
+        if (A_LEFTOVER(rem2))
+            *bad = 1;
     }
+    if (A_LEFTOVER(rem))
+        *bad = 1;
+    return has;
 }
 
-/* Parse one IPCTNL_MSG_CT_NEW message into r.  Strings go to pool; the
- * caller made sure it has nlmsg_len bytes free. */
+/* A CTA_TIMESTAMP nest; returns the CTPY_HAS_TS_* bits it set. */
+static uint32_t fast_timestamp(const struct nlattr *nest, struct ctpy_record *r, int *bad)
+{
+    const struct nlattr *a;
+    int rem;
+    uint32_t p = 0;
+
+    r->ts_start = r->ts_stop = 0;
+    A_FOR(a, nest, rem) {
+        if (A_TYPE(a) == CTA_TIMESTAMP_START) {
+            r->ts_start = a_be64(a, bad);
+            p |= CTPY_HAS_TS_START;
+        } else if (A_TYPE(a) == CTA_TIMESTAMP_STOP) {
+            r->ts_stop = a_be64(a, bad);
+            p |= CTPY_HAS_TS_STOP;
+        }
+    }
+    if (A_LEFTOVER(rem))
+        *bad = 1;
+    return p;
+}
+
+/* CTA_LABELS is the kernel's array of native-endian unsigned long words
+ * (nf_conn_labels.bits); the record keeps bit n at labels[n / 8] bit n % 8
+ * whatever the host's byte order.  An empty attribute means no labels.
+ * Returns whether there are labels. */
+static int fast_labels(const struct nlattr *a, uint8_t *labels, int *bad)
+{
+    const unsigned char *d = A_DATA(a);
+    size_t w, k, n = (size_t)A_LEN(a);
+
+    memset(labels, 0, 16);
+    if (n == 0)
+        return 0;
+    if (n % sizeof(unsigned long)) {
+        *bad = 1;
+        return 0;
+    }
+    for (w = 0; w < n / sizeof(unsigned long) && (w + 1) * sizeof(unsigned long) <= 16; w++) {
+        unsigned long v;
+        memcpy(&v, d + w * sizeof(v), sizeof(v));
+        for (k = 0; k < sizeof(v); k++)
+            labels[w * sizeof(v) + k] = (uint8_t)(v >> (8 * k));
+    }
+    return 1;
+}
+
+/* Parse one IPCTNL_MSG_CT_NEW/DELETE message into r: 0, or -1 when the
+ * message is malformed or has no original tuple.  The caller has checked
+ * that nlmsg_len bytes are readable; strings go to pool, which must have
+ * nlmsg_len bytes free. */
 static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
                       char *pool, uint32_t *used)
 {
     const struct nfgenmsg *nfh;
-    const struct nlattr *a;
-    int rem;
-    uint8_t family;
+    const struct nlattr *a, *help = NULL, *secctx = NULL;
     uint32_t p = 0;
+    int rem, bad = 0, orig_counters = 0;
+    uint8_t family;
 
     if (nlh->nlmsg_len < NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(*nfh)))
         return -1;
     nfh = (const struct nfgenmsg *)NLMSG_DATA(nlh);
     family = nfh->nfgen_family;
+    if (family != AF_INET && family != AF_INET6)
+        return -1;  /* conntrack entries are IPv4 or IPv6 */
     memset(r, 0, sizeof(*r));
     rem = (int)nlh->nlmsg_len - NLMSG_HDRLEN - NLMSG_ALIGN(sizeof(*nfh));
     for (a = (const struct nlattr *)((const char *)nfh + NLMSG_ALIGN(sizeof(*nfh)));
          A_OK(a, rem); a = A_NEXT(a, rem)) {
         switch (A_TYPE(a)) {
-        case CTA_TUPLE_ORIG: fast_tuple(a, family, &r->orig); p |= CTPY_HAS_ORIG; break;
-        case CTA_TUPLE_REPLY: fast_tuple(a, family, &r->reply); p |= CTPY_HAS_REPLY; break;
-        case CTA_TUPLE_MASTER: fast_tuple(a, family, &r->master); p |= CTPY_HAS_MASTER; break;
-        case CTA_STATUS: r->status = a_be32(a); p |= CTPY_HAS_STATUS; break;
-        case CTA_TIMEOUT: r->timeout = a_be32(a); p |= CTPY_HAS_TIMEOUT; break;
-        case CTA_MARK: r->mark = a_be32(a); p |= CTPY_HAS_MARK; break;
-        case CTA_ID: r->id = a_be32(a); p |= CTPY_HAS_ID; break;
-        case CTA_USE: r->use = a_be32(a); p |= CTPY_HAS_USE; break;
-        case CTA_ZONE: r->zone = a_be16(a); p |= CTPY_HAS_ZONE; break;
-        case CTA_PROTOINFO: r->present = p; fast_protoinfo(a, r); p = r->present; break;
-        case CTA_COUNTERS_ORIG: fast_counters(a, &r->counters[0]); p |= CTPY_HAS_COUNTERS; break;
-        case CTA_COUNTERS_REPLY: fast_counters(a, &r->counters[2]); p |= CTPY_HAS_COUNTERS; break;
-        case CTA_TIMESTAMP: {
-            const struct nlattr *b;
-            int rem2;
-            A_FOR(b, a, rem2) {
-                if (A_TYPE(b) == CTA_TIMESTAMP_START) {
-                    r->ts_start = a_be64(b);
-                    p |= CTPY_HAS_TS_START;
-                } else if (A_TYPE(b) == CTA_TIMESTAMP_STOP) {
-                    r->ts_stop = a_be64(b);
-                    p |= CTPY_HAS_TS_STOP;
-                }
-            }
+        case CTA_TUPLE_ORIG:
+            if (p & CTPY_HAS_ORIG)
+                memset(&r->orig, 0, sizeof(r->orig));
+            fast_tuple(a, family, &r->orig, &bad);
+            p |= CTPY_HAS_ORIG;
             break;
-        }
+        case CTA_TUPLE_REPLY:
+            if (p & CTPY_HAS_REPLY)
+                memset(&r->reply, 0, sizeof(r->reply));
+            fast_tuple(a, family, &r->reply, &bad);
+            p |= CTPY_HAS_REPLY;
+            break;
+        case CTA_TUPLE_MASTER:
+            if (p & CTPY_HAS_MASTER)
+                memset(&r->master, 0, sizeof(r->master));
+            fast_tuple(a, family, &r->master, &bad);
+            p |= CTPY_HAS_MASTER;
+            break;
+        case CTA_STATUS: r->status = a_be32(a, &bad); p |= CTPY_HAS_STATUS; break;
+        case CTA_TIMEOUT: r->timeout = a_be32(a, &bad); p |= CTPY_HAS_TIMEOUT; break;
+        case CTA_MARK: r->mark = a_be32(a, &bad); p |= CTPY_HAS_MARK; break;
+        case CTA_ID: r->id = a_be32(a, &bad); p |= CTPY_HAS_ID; break;
+        case CTA_USE: r->use = a_be32(a, &bad); p |= CTPY_HAS_USE; break;
+        case CTA_ZONE: r->zone = a_be16(a, &bad); p |= CTPY_HAS_ZONE; break;
+        case CTA_PROTOINFO:
+            p &= ~(uint32_t)CTPY_HAS_STATE;
+            if (fast_protoinfo(a, &r->state, &bad))
+                p |= CTPY_HAS_STATE;
+            break;
+        case CTA_COUNTERS_ORIG: orig_counters = fast_counters(a, &r->counters[0], &bad); break;
+        case CTA_COUNTERS_REPLY: fast_counters(a, &r->counters[2], &bad); break;
+        case CTA_TIMESTAMP:
+            p &= ~(uint32_t)(CTPY_HAS_TS_START | CTPY_HAS_TS_STOP);
+            p |= fast_timestamp(a, r, &bad);
+            break;
         case CTA_LABELS:
-            memcpy(r->labels, A_DATA(a), A_LEN(a) < 16 ? (size_t)A_LEN(a) : 16);
-            p |= CTPY_HAS_LABELS;
+            p &= ~(uint32_t)CTPY_HAS_LABELS;
+            if (fast_labels(a, r->labels, &bad))
+                p |= CTPY_HAS_LABELS;
             break;
-        case CTA_HELP:
-            if (fast_string(a, CTA_HELP_NAME, pool, used, &r->helper_off, &r->helper_len))
-                p |= CTPY_HAS_HELPER;
-            break;
-        case CTA_SECCTX:
-            if (fast_string(a, CTA_SECCTX_NAME, pool, used, &r->secctx_off, &r->secctx_len))
-                p |= CTPY_HAS_SECCTX;
-            break;
+        case CTA_HELP: help = a; break;
+        case CTA_SECCTX: secctx = a; break;
         }
     }
+    if (A_LEFTOVER(rem) || bad)
+        return -1;
+    if (orig_counters)
+        p |= CTPY_HAS_COUNTERS;
+    else  /* a record has counters when the original direction's are there */
+        memset(r->counters, 0, sizeof(r->counters));
+    if (help && fast_string(help, CTA_HELP_NAME, pool, used, &r->helper_off,
+                            &r->helper_len, &bad))
+        p |= CTPY_HAS_HELPER;
+    if (secctx && fast_string(secctx, CTA_SECCTX_NAME, pool, used, &r->secctx_off,
+                              &r->secctx_len, &bad))
+        p |= CTPY_HAS_SECCTX;
+    if (bad)
+        return -1;
     if (!(p & CTPY_HAS_ZONE)) {
         if (r->orig.has_zone) {
             r->zone = r->orig.zone;
@@ -635,9 +798,60 @@ static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
     return (p & CTPY_HAS_ORIG) ? 0 : -1;
 }
 
+static int has_ports(uint8_t proto);
+
+/* A create whose reply tuple is not the inverse of the original one asks
+ * for NAT, as conntrack -I --src-nat/--dst-nat does: send the inverse as
+ * the reply tuple plus CTA_NAT_DST (where the reply comes from) and
+ * CTA_NAT_SRC (where it goes to); the kernel's NAT core then sets the
+ * reply tuple and the SRC_NAT/DST_NAT status bits itself.  (A NAT'd reply
+ * tuple sent as is would be kept without any NAT status.) */
+static void set_reply_or_nat(struct nf_conntrack *ct, const struct ctpy_record *r)
+{
+    const struct ctpy_tuple *o = &r->orig, *y = &r->reply;
+    struct ctpy_tuple inv = *y;
+    int n = o->family == AF_INET ? 4 : 16;
+    int ports = has_ports(o->proto);
+    int dnat = memcmp(y->src, o->dst, n) || (ports && y->sport != o->dport);
+    int snat = memcmp(y->dst, o->src, n) || (ports && y->dport != o->sport);
+    uint32_t a;
+
+    if (!dnat && !snat) {
+        set_tuple(ct, 1, y);
+        return;
+    }
+    memcpy(inv.src, o->dst, n);
+    memcpy(inv.dst, o->src, n);
+    if (ports) {
+        inv.sport = o->dport;
+        inv.dport = o->sport;
+    }
+    set_tuple(ct, 1, &inv);
+    if (dnat) {
+        if (n == 4) {
+            memcpy(&a, y->src, 4);
+            nfct_set_attr_u32(ct, ATTR_DNAT_IPV4, a);
+        } else {
+            nfct_set_attr(ct, ATTR_DNAT_IPV6, y->src);
+        }
+        if (ports)
+            nfct_set_attr_u16(ct, ATTR_DNAT_PORT, htons(y->sport));
+    }
+    if (snat) {
+        if (n == 4) {
+            memcpy(&a, y->dst, 4);
+            nfct_set_attr_u32(ct, ATTR_SNAT_IPV4, a);
+        } else {
+            nfct_set_attr(ct, ATTR_SNAT_IPV6, y->dst);
+        }
+        if (ports)
+            nfct_set_attr_u16(ct, ATTR_SNAT_PORT, htons(y->dport));
+    }
+}
+
 /* Set on ct what the record says is present (for create/update/get/delete). */
 static int record_to_ct(const struct ctpy_record *r, const char *pool,
-                        struct nf_conntrack *ct, int lookup_only)
+                        struct nf_conntrack *ct, int lookup_only, int create)
 {
     uint32_t p = r->present;
 
@@ -648,10 +862,15 @@ static int record_to_ct(const struct ctpy_record *r, const char *pool,
         nfct_set_attr_u16(ct, ATTR_ZONE, r->zone);
     if (lookup_only)
         return 0; /* get and delete: the tuple and the zone name the entry */
-    if (p & CTPY_HAS_REPLY)
+    if ((p & CTPY_HAS_REPLY) && create)
+        set_reply_or_nat(ct, r);
+    else if (p & CTPY_HAS_REPLY)
         set_tuple(ct, 1, &r->reply);
+    /* A create sends only the bits a user may set; the kernel sets
+     * CONFIRMED and the NAT bits itself (Python checked the rest). */
     if (p & CTPY_HAS_STATUS)
-        nfct_set_attr_u32(ct, ATTR_STATUS, r->status);
+        nfct_set_attr_u32(ct, ATTR_STATUS,
+                          create ? r->status & ~(uint32_t)IPS_UNCHANGEABLE_MASK : r->status);
     if (p & CTPY_HAS_TIMEOUT)
         nfct_set_attr_u32(ct, ATTR_TIMEOUT, r->timeout);
     if (p & CTPY_HAS_MARK)
@@ -702,7 +921,8 @@ static int build_request(char *buf, uint8_t msg, uint16_t flags,
     if (!ct)
         return -ENOMEM;
     nlh = put_header(buf, msg, flags, r->orig.family, 0, seq);
-    err = record_to_ct(r, pool, ct, msg != IPCTNL_MSG_CT_NEW);
+    err = record_to_ct(r, pool, ct, msg != IPCTNL_MSG_CT_NEW,
+                       msg == IPCTNL_MSG_CT_NEW && (flags & NLM_F_CREATE));
     if (err == 0 && nfct_nlmsg_build(nlh, ct) < 0)
         err = -EINVAL;
     nfct_destroy(ct);
@@ -736,6 +956,32 @@ static int has_ports(uint8_t proto)
     return proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
            proto == IPPROTO_UDPLITE || proto == IPPROTO_SCTP ||
            proto == IPPROTO_DCCP;
+}
+
+/* conntrack(8)'s --src-nat/--dst-nat test: the NAT_DONE bit is set and the
+ * reply tuple's address (and, for port protocols, port) differs from the
+ * original's; with an address or port given, the translated one equals it. */
+static int nat_match(const struct ctpy_nat *m, const struct ctpy_record *r, int src)
+{
+    const struct ctpy_tuple *o = &r->orig, *y = &r->reply;
+    int n = o->family == AF_INET ? 4 : 16;
+    const uint8_t *now = src ? y->dst : y->src;
+    const uint8_t *was = src ? o->src : o->dst;
+    uint16_t pnow = src ? y->dport : y->sport;
+    uint16_t pwas = src ? o->sport : o->dport;
+    int addr_nat, port_nat;
+
+    if (!(r->status & (src ? IPS_SRC_NAT_DONE : IPS_DST_NAT_DONE)))
+        return 0;
+    addr_nat = memcmp(now, was, n) != 0;
+    port_nat = has_ports(o->proto) && pnow != pwas;
+    if (m->has_addr && (m->family != o->family || !addr_nat || memcmp(now, m->addr, n)))
+        return 0;
+    if (m->has_port && (!port_nat || pnow != m->port))
+        return 0;
+    if (!m->has_addr && !m->has_port)
+        return addr_nat || port_nat;
+    return 1;
 }
 
 int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r)
@@ -772,6 +1018,16 @@ int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r)
     if ((w & CTPY_F_REPLY_SRC) && !cidr_match(&f->reply_src, &r->reply, r->reply.src))
         return 0;
     if ((w & CTPY_F_REPLY_DST) && !cidr_match(&f->reply_dst, &r->reply, r->reply.dst))
+        return 0;
+    if ((w & CTPY_F_ORIG_ZONE) && (!o->has_zone || o->zone != f->orig_zone))
+        return 0;
+    if ((w & CTPY_F_REPLY_ZONE) && (!r->reply.has_zone || r->reply.zone != f->reply_zone))
+        return 0;
+    if ((w & CTPY_F_SRC_NAT) && !nat_match(&f->src_nat, r, 1))
+        return 0;
+    if ((w & CTPY_F_DST_NAT) && !nat_match(&f->dst_nat, r, 0))
+        return 0;
+    if ((w & CTPY_F_ANY_NAT) && !nat_match(&f->any_nat, r, 1) && !nat_match(&f->any_nat, r, 0))
         return 0;
     if (w & CTPY_F_LABELS) {
         int i;
@@ -863,6 +1119,7 @@ int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
         return err;
     s->dumping = 1;
     s->done = 0;
+    s->dump_intr = 0;
     s->len = s->off = 0;
     return 0;
 }
@@ -870,6 +1127,14 @@ int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
 int ctpy_dump_done(const struct ctpy_sock *s)
 {
     return s->done;
+}
+
+/* Non-zero when the kernel flagged a message of the current (or last) dump
+ * with NLM_F_DUMP_INTR: the table changed under the dump, so it may have
+ * missed or repeated entries. */
+int ctpy_dump_interrupted(const struct ctpy_sock *s)
+{
+    return s->dump_intr;
 }
 
 /* Walk the dump.  Each matching entry goes to out[] (and its strings to
@@ -913,6 +1178,8 @@ static int dump_walk(struct ctpy_sock *s, const struct ctpy_filter *uf,
             s->off += NLMSG_ALIGN(nlh->nlmsg_len); /* stale reply */
             continue;
         }
+        if (nlh->nlmsg_flags & NLM_F_DUMP_INTR)
+            s->dump_intr = 1;
         if (nlh->nlmsg_type == NLMSG_DONE) {
             s->off += NLMSG_ALIGN(nlh->nlmsg_len);
             s->dumping = 0;
@@ -938,7 +1205,13 @@ static int dump_walk(struct ctpy_sock *s, const struct ctpy_filter *uf,
         }
         r = out ? &out[n] : &scratch;
         before = used;
-        if (parse_fast(nlh, r, pool, &used) == 0 && ctpy_match(uf, r)) {
+        if (parse_fast(nlh, r, pool, &used) < 0) {
+            /* The kernel broke the ABI: say so rather than skip an entry. */
+            s->dumping = 0;
+            s->done = 1;
+            return -EBADMSG;
+        }
+        if (ctpy_match(uf, r)) {
             n++;
             if (count)
                 (*count)++;
@@ -976,12 +1249,15 @@ int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
 }
 
 /* The same record from libnetfilter_conntrack's parser, normalised where it
- * cannot know more: it keeps one ICMP type (the original's). */
+ * cannot know more: it keeps one ICMP type, code and id (the original's). */
 static int records_differ(const struct ctpy_record *fast, const char *fpool,
                           struct ctpy_record *ref, const char *rpool)
 {
-    if (ref->reply.has_icmp)
+    if (ref->reply.has_icmp) {
         ref->reply.icmp_type = fast->reply.icmp_type;
+        ref->reply.icmp_code = fast->reply.icmp_code;
+        ref->reply.icmp_id = fast->reply.icmp_id;
+    }
     if (fast->helper_len != ref->helper_len || fast->secctx_len != ref->secctx_len ||
         memcmp(fpool + fast->helper_off, rpool + ref->helper_off, fast->helper_len) ||
         memcmp(fpool + fast->secctx_off, rpool + ref->secctx_off, fast->secctx_len))
@@ -1035,9 +1311,9 @@ int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
         if (nfct_nlmsg_parse(nlh, ct) >= 0)
             fill_record(ct, &ref, rpool, &rused);
         nfct_destroy(ct);
-        parse_fast(nlh, &fast, fpool, &fused);
         (*checked)++;
-        if (records_differ(&fast, fpool, &ref, rpool)) {
+        if (parse_fast(nlh, &fast, fpool, &fused) < 0 ||
+            records_differ(&fast, fpool, &ref, rpool)) {
             if (!*mismatched) {
                 *first_fast = fast;
                 *first_ref = ref;
@@ -1048,29 +1324,376 @@ int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
     return 0;
 }
 
+/* One netlink message of len bytes, for tests.  The fast parser's record
+ * goes to out (strings to pool) and, when ref is given, nfct_nlmsg_parse's
+ * to ref (strings to ref_pool, also pool_size bytes; only for well-formed
+ * messages: it reads a secctx up to its NUL), normalised as in the
+ * cross-check; *ref_rc is nfct_nlmsg_parse's return and *differ whether
+ * the records differ.  The
+ * message is copied to a buffer of exactly its length first, so that
+ * AddressSanitizer and valgrind see any read past its end.  Returns 0, or
+ * -EMSGSIZE (len cannot hold the header or nlmsg_len, or a pool is smaller
+ * than nlmsg_len), -EPROTO (not a ctnetlink conntrack message) or -EBADMSG
+ * (the fast parser refuses it; ref is still filled). */
+int ctpy_parse_message(const void *msg, uint32_t len, struct ctpy_record *out,
+                       char *pool, uint32_t pool_size, struct ctpy_record *ref,
+                       char *ref_pool, int *ref_rc, int *differ)
+{
+    struct nlmsghdr *nlh;
+    char *copy, *fpool;
+    uint32_t used = 0, rused = 0;
+    int rc = 0, type;
+
+    *ref_rc = 0;
+    *differ = 0;
+    if (len < NLMSG_HDRLEN)
+        return -EMSGSIZE;
+    copy = malloc(len);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, msg, len);
+    nlh = (struct nlmsghdr *)copy;
+    type = nlh->nlmsg_type;
+    if (nlh->nlmsg_len < NLMSG_HDRLEN || nlh->nlmsg_len > len ||
+        pool_size < nlh->nlmsg_len) {
+        free(copy);
+        return -EMSGSIZE;
+    }
+    if ((type >> 8) != NFNL_SUBSYS_CTNETLINK ||
+        ((type & 0xff) != IPCTNL_MSG_CT_NEW && (type & 0xff) != IPCTNL_MSG_CT_DELETE)) {
+        free(copy);
+        return -EPROTO;
+    }
+    fpool = malloc(nlh->nlmsg_len ? nlh->nlmsg_len : 1);
+    if (!fpool) {
+        free(copy);
+        return -ENOMEM;
+    }
+    if (parse_fast(nlh, out, fpool, &used) < 0)
+        rc = -EBADMSG;
+    else
+        memcpy(pool, fpool, used);
+    if (ref) {
+        struct nf_conntrack *ct = nfct_new();
+        memset(ref, 0, sizeof(*ref));
+        if (!ct) {
+            rc = -ENOMEM;
+        } else {
+            *ref_rc = nfct_nlmsg_parse(nlh, ct);
+            if (*ref_rc >= 0) {
+                fill_record(ct, ref, ref_pool, &rused);
+                if (rc == 0)
+                    *differ = records_differ(out, pool, ref, ref_pool);
+            }
+            nfct_destroy(ct);
+        }
+    }
+    free(fpool);
+    free(copy);
+    return rc;
+}
+
+static void summary_add(struct ctpy_summary *out, const struct ctpy_record *r)
+{
+    out->total++;
+    if (!(r->status & IPS_SEEN_REPLY))
+        out->unreplied++;
+    if (r->status & IPS_ASSURED)
+        out->assured++;
+    out->by_proto[r->orig.proto]++;
+    if (r->orig.proto == IPPROTO_TCP && (r->present & CTPY_HAS_STATE) && r->state < 32)
+        out->tcp_states[r->state]++;
+}
+
 int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
                       struct ctpy_summary *out)
 {
+    return ctpy_dump_top(s, uf, NULL, out);
+}
+
+/* Top talkers: one dump, each matching entry counted under a key built
+ * from its fields, in an open-addressing hash table of distinct keys (the
+ * memory is bounded by the keys, not by the entries).  A key is the
+ * concatenation of its parts, packed:
+ *   CTPY_TOP_SRC/DST  family (1) + address masked to the prefix (16)
+ *   CTPY_TOP_SPORT/DPORT  has-port (1) + port, host order (2)
+ *   CTPY_TOP_PROTO  protocol (1); CTPY_TOP_FAMILY  family (1)
+ *   CTPY_TOP_STATE  protocol (1) + has-state (1) + state (1), all 0 without one
+ *   CTPY_TOP_ZONE  zone (2); CTPY_TOP_MARK  mark (4)
+ * A slot is a uint64_t count (0: empty) followed by the key. */
+struct ctpy_top {
+    struct ctpy_topspec spec;
+    size_t keylen;
+    size_t slot;            /* bytes per slot, a multiple of 8 */
+    size_t cap;             /* slots, a power of two */
+    size_t used;
+    uint64_t total;
+    char *slots;
+};
+
+static size_t top_part_len(uint8_t kind)
+{
+    switch (kind) {
+    case CTPY_TOP_SRC: case CTPY_TOP_DST: return 17;
+    case CTPY_TOP_SPORT: case CTPY_TOP_DPORT: case CTPY_TOP_STATE: return 3;
+    case CTPY_TOP_PROTO: case CTPY_TOP_FAMILY: return 1;
+    case CTPY_TOP_ZONE: return 2;
+    case CTPY_TOP_MARK: return 4;
+    }
+    return 0;
+}
+
+int ctpy_top_keylen(const struct ctpy_topspec *spec)
+{
+    size_t len = 0;
+    int i;
+
+    if (spec->n == 0 || spec->n > CTPY_TOP_MAXPARTS)
+        return -EINVAL;
+    for (i = 0; i < spec->n; i++) {
+        size_t l = top_part_len(spec->kind[i]);
+        if (!l || spec->plen4[i] > 32 || spec->plen6[i] > 128)
+            return -EINVAL;
+        len += l;
+    }
+    return (int)len;
+}
+
+struct ctpy_top *ctpy_top_new(const struct ctpy_topspec *spec)
+{
+    struct ctpy_top *t;
+    int len = ctpy_top_keylen(spec);
+
+    if (len < 0)
+        return NULL;
+    t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->spec = *spec;
+    t->keylen = (size_t)len;
+    t->slot = (8 + t->keylen + 7) & ~(size_t)7;
+    t->cap = 1024;
+    t->slots = calloc(t->cap, t->slot);
+    if (!t->slots) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void ctpy_top_free(struct ctpy_top *t)
+{
+    if (t) {
+        free(t->slots);
+        free(t);
+    }
+}
+
+uint64_t ctpy_top_total(const struct ctpy_top *t)
+{
+    return t->total;
+}
+
+uint64_t ctpy_top_distinct(const struct ctpy_top *t)
+{
+    return t->used;
+}
+
+static void top_addr(uint8_t *k, const struct ctpy_tuple *o, const uint8_t *addr,
+                     uint8_t plen4, uint8_t plen6)
+{
+    int n = o->family == AF_INET ? 4 : 16;
+    int bits = o->family == AF_INET ? plen4 : plen6;
+    int i;
+
+    k[0] = o->family;
+    memset(k + 1, 0, 16);
+    for (i = 0; i < n && bits > 0; i++, bits -= 8)
+        k[1 + i] = bits >= 8 ? addr[i] : (uint8_t)(addr[i] & (0xff00 >> bits));
+}
+
+static void top_key(const struct ctpy_top *t, const struct ctpy_record *r, uint8_t *k)
+{
+    const struct ctpy_tuple *o = &r->orig;
+    int i;
+
+    for (i = 0; i < t->spec.n; i++) {
+        uint8_t kind = t->spec.kind[i];
+        uint16_t u16;
+        switch (kind) {
+        case CTPY_TOP_SRC:
+            top_addr(k, o, o->src, t->spec.plen4[i], t->spec.plen6[i]);
+            break;
+        case CTPY_TOP_DST:
+            top_addr(k, o, o->dst, t->spec.plen4[i], t->spec.plen6[i]);
+            break;
+        case CTPY_TOP_SPORT:
+        case CTPY_TOP_DPORT:
+            k[0] = (uint8_t)has_ports(o->proto);
+            u16 = k[0] ? (kind == CTPY_TOP_SPORT ? o->sport : o->dport) : 0;
+            memcpy(k + 1, &u16, 2);
+            break;
+        case CTPY_TOP_PROTO:
+            k[0] = o->proto;
+            break;
+        case CTPY_TOP_FAMILY:
+            k[0] = o->family;
+            break;
+        case CTPY_TOP_STATE: /* one "no state" key whatever the protocol */
+            k[1] = (r->present & CTPY_HAS_STATE) && (o->proto == IPPROTO_TCP ||
+                   o->proto == IPPROTO_SCTP || o->proto == IPPROTO_DCCP);
+            k[0] = k[1] ? o->proto : 0;
+            k[2] = k[1] ? r->state : 0;
+            break;
+        case CTPY_TOP_ZONE:
+            memcpy(k, &r->zone, 2);
+            break;
+        case CTPY_TOP_MARK:
+            memcpy(k, &r->mark, 4);
+            break;
+        }
+        k += top_part_len(kind);
+    }
+}
+
+static uint64_t top_hash(const uint8_t *k, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        h ^= k[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+/* The slot holding key k, or the empty slot where it goes. */
+static char *top_find(char *slots, size_t cap, size_t slot, size_t keylen, const uint8_t *k)
+{
+    size_t i = (size_t)top_hash(k, keylen) & (cap - 1);
+
+    for (;;) {
+        char *e = slots + i * slot;
+        uint64_t c;
+        memcpy(&c, e, 8);
+        if (!c || !memcmp(e + 8, k, keylen))
+            return e;
+        i = (i + 1) & (cap - 1);
+    }
+}
+
+static int top_grow(struct ctpy_top *t)
+{
+    size_t cap = t->cap * 2, i;
+    char *slots = calloc(cap, t->slot);
+
+    if (!slots)
+        return -ENOMEM;
+    for (i = 0; i < t->cap; i++) {
+        char *e = t->slots + i * t->slot;
+        uint64_t c;
+        memcpy(&c, e, 8);
+        if (c)
+            memcpy(top_find(slots, cap, t->slot, t->keylen, (uint8_t *)e + 8), e, t->slot);
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->cap = cap;
+    return 0;
+}
+
+static int top_add(struct ctpy_top *t, const struct ctpy_record *r)
+{
+    uint8_t k[CTPY_TOP_MAXPARTS * 17];
+    char *e;
+    uint64_t c;
+
+    top_key(t, r, k);
+    e = top_find(t->slots, t->cap, t->slot, t->keylen, k);
+    memcpy(&c, e, 8);
+    if (!c) {
+        if ((t->used + 1) * 10 > t->cap * 7) {
+            int err = top_grow(t);
+            if (err)
+                return err;
+            e = top_find(t->slots, t->cap, t->slot, t->keylen, k);
+        }
+        memcpy(e + 8, k, t->keylen);
+        t->used++;
+    }
+    c++;
+    memcpy(e, &c, 8);
+    t->total++;
+    return 0;
+}
+
+/* The counting dump behind summary() and top(): each matching entry goes
+ * into the summary and/or the key table (either may be NULL). */
+int ctpy_dump_top(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                  struct ctpy_top *t, struct ctpy_summary *sum)
+{
     char pool[8192];
 
-    memset(out, 0, sizeof(*out));
+    if (sum)
+        memset(sum, 0, sizeof(*sum));
     while (s->dumping) {
         struct ctpy_record r;
         int n = dump_walk(s, uf, &r, 1, pool, sizeof(pool), NULL);
         if (n < 0)
             return n;
-        if (n == 0)
-            continue;
-        out->total++;
-        if (!(r.status & IPS_SEEN_REPLY))
-            out->unreplied++;
-        if (r.status & IPS_ASSURED)
-            out->assured++;
-        out->by_proto[r.orig.proto]++;
-        if (r.orig.proto == IPPROTO_TCP && (r.present & CTPY_HAS_STATE) && r.state < 32)
-            out->tcp_states[r.state]++;
+        if (n == 1 && sum)
+            summary_add(sum, &r);
+        if (n == 1 && t) {
+            int err = top_add(t, &r);
+            if (err) {
+                s->dumping = 0; /* the caller closes the dump socket */
+                s->done = 1;
+                return err;
+            }
+        }
     }
     return 0;
+}
+
+/* Descending count, then ascending key: a stable order for ties. */
+static int top_cmp(const void *a, const void *b, void *keylen)
+{
+    uint64_t ca, cb;
+
+    memcpy(&ca, a, 8);
+    memcpy(&cb, b, 8);
+    if (ca != cb)
+        return ca > cb ? -1 : 1;
+    return memcmp((const char *)a + 8, (const char *)b + 8, *(size_t *)keylen);
+}
+
+/* Sort the keys (the table is no longer usable for counting afterwards)
+ * and copy the first max into keys[] (keylen bytes each) and counts[].
+ * Returns how many were copied. */
+int ctpy_top_result(struct ctpy_top *t, int max, uint8_t *keys, uint64_t *counts)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < t->cap; i++) {
+        char *e = t->slots + i * t->slot;
+        uint64_t c;
+        memcpy(&c, e, 8);
+        if (c) {
+            if (n != i)
+                memcpy(t->slots + n * t->slot, e, t->slot);
+            n++;
+        }
+    }
+    memset(t->slots + n * t->slot, 0, (t->cap - n) * t->slot);
+    qsort_r(t->slots, n, t->slot, top_cmp, &t->keylen);
+    if ((size_t)max > n)
+        max = (int)n;
+    for (i = 0; i < (size_t)max; i++) {
+        memcpy(&counts[i], t->slots + i * t->slot, 8);
+        memcpy(keys + i * t->keylen, t->slots + i * t->slot + 8, t->keylen);
+    }
+    return max;
 }
 
 /* ---- request / acknowledge -------------------------------------------- */
@@ -1119,6 +1742,7 @@ struct one_record {
     char *pool;
     uint32_t pool_size;
     int stored;
+    int bad;                /* the reply broke the ABI */
 };
 
 static void keep_first_record(const struct nlmsghdr *nlh, void *data)
@@ -1126,9 +1750,12 @@ static void keep_first_record(const struct nlmsghdr *nlh, void *data)
     struct one_record *o = data;
     uint32_t used = 0;
 
-    if (o->out && !o->stored && o->pool_size >= nlh->nlmsg_len &&
-        parse_fast(nlh, o->out, o->pool, &used) == 0)
-        o->stored = 1;
+    if (o->out && !o->stored && o->pool_size >= nlh->nlmsg_len) {
+        if (parse_fast(nlh, o->out, o->pool, &used) == 0)
+            o->stored = 1;
+        else
+            o->bad = 1;
+    }
 }
 
 int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
@@ -1137,14 +1764,16 @@ int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                  uint32_t out_pool_size)
 {
     char buf[CTPY_MSG_BUF];
-    struct one_record o = {out, out_pool, out_pool_size, 0};
+    struct one_record o = {out, out_pool, out_pool_size, 0, 0};
     int len, err;
 
     len = build_request(buf, msg, flags | NLM_F_ACK, r, pool, 1, ++s->seq);
     if (len < 0)
         return len;
     err = exchange(s, (struct nlmsghdr *)buf, keep_first_record, &o);
-    return err < 0 ? err : o.stored;
+    if (err < 0)
+        return err;
+    return o.bad ? -EBADMSG : o.stored;
 }
 
 int ctpy_flush(struct ctpy_sock *s, uint8_t family,
