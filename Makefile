@@ -2,10 +2,10 @@
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack
+APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack procps
 PY_PKGS  := "setuptools>=77" cffi pytest hypothesis sphinx ruff mypy prometheus_client
 
-.PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel compat-trixie clean
+.PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel compat-trixie test-fresh-root clean
 
 all: build
 
@@ -58,6 +58,10 @@ bench: build
 # Debian 13's libnetfilter_conntrack 1.1.0: build and run the core tests with it.
 compat-trixie: build
 	PY=$(VPY) bash scripts/compat-trixie.sh
+
+# The README's two commands in a fresh Debian 12 root (debootstrap, cached under /var/cache).
+test-fresh-root:
+	bash scripts/fresh-root.sh
 
 wheel: sysdeps venv
 	$(VPY) -m pip wheel --no-deps -q -w dist .

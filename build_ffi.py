@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 
 import cffi
 
@@ -21,6 +22,10 @@ MISSING = (
     "libnetfilter_conntrack headers not found: install "
     "libnetfilter-conntrack-dev and libmnl-dev (Debian/Ubuntu) or "
     "libnetfilter_conntrack-devel and libmnl-devel (Fedora)."
+)
+MISSING_PY = (
+    "Python's C headers (Python.h, pyconfig.h) not found in %s: install "
+    "python3-dev (Debian/Ubuntu) or python3-devel (Fedora)."
 )
 
 
@@ -44,6 +49,10 @@ def _check_header() -> None:
     dirs += ["/usr/include", "/usr/local/include"]
     if not any(os.path.exists(os.path.join(d, HEADER)) for d in dirs):
         sys.exit(MISSING)
+    paths = sysconfig.get_paths()
+    for header, key in (("Python.h", "include"), ("pyconfig.h", "platinclude")):
+        if not os.path.exists(os.path.join(paths[key], header)):
+            sys.exit(MISSING_PY % paths[key])
 
 
 _check_header()
