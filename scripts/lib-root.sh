@@ -81,13 +81,26 @@ ctpy_mount() {
     mount -t tmpfs -o mode=755 tmpfs "$CHROOT/run"
     mount -t tmpfs -o mode=1777 tmpfs "$CHROOT/tmp"
     cp -L /etc/resolv.conf "$CHROOT/etc/resolv.conf"
+    # this network's own certificate authorities (an egress proxy), if the host has some
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+        mkdir -p "$CHROOT/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$CHROOT/usr/local/share/ca-certificates/"
+        if [ -x "$CHROOT/usr/sbin/update-ca-certificates" ]; then
+            chroot "$CHROOT" /usr/sbin/update-ca-certificates >/dev/null 2>&1
+        fi
+    fi
     # no daemons started by package scripts inside the chroot
     printf '#!/bin/sh\nexit 101\n' >"$CHROOT/usr/sbin/policy-rc.d"
     chmod 755 "$CHROOT/usr/sbin/policy-rc.d"
 }
 
-# ctpy_chroot CMD...: run CMD in the chroot as root with a clean environment.
+# ctpy_chroot CMD...: run CMD in the chroot as root with a clean environment
+# (but for CI and the host's certificate settings, which pip needs behind a proxy).
 ctpy_chroot() {
+    local pass=() v
+    for v in CI PIP_CERT SSL_CERT_FILE REQUESTS_CA_BUNDLE GIT_SSL_CAINFO PIP_DEFAULT_TIMEOUT; do
+        [ -n "${!v:-}" ] && pass+=("$v=${!v}")
+    done
     chroot "$CHROOT" env -i PATH="$CHROOT_PATH" HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
-        ${CI:+CI="$CI"} "$@"
+        "${pass[@]}" "$@"
 }
