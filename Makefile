@@ -34,7 +34,7 @@ build: sysdeps venv
 	$(VPY) build_ffi.py
 
 lint: venv
-	$(VPY) -m ruff check conntrack tests bench examples build_ffi.py setup.py
+	$(VPY) -m ruff check conntrack tests bench examples scripts build_ffi.py setup.py
 
 typecheck: build
 	$(VPY) -m mypy
@@ -75,6 +75,7 @@ wheel: sysdeps venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m auditwheel repair --plat $(WHEEL_PLAT) -w dist build/wheel/*.whl
 	$(VPY) scripts/wheel-licenses.py dist/*.whl
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m auditwheel show dist/*.whl
+	$(VPY) scripts/check-wheel.py dist/*.whl
 	@ls -l dist
 
 # The wheel and the sdist installed and tested in fresh Debian 11 and 12 roots (debootstrap,

@@ -67,6 +67,15 @@ run_in() {
         /opt/ctpy/venv/bin/pip install -q --no-index --find-links /opt/ctpy/wheels \
             /opt/ctpy/$(basename "$artifact") ${TEST_PKGS[*]}"
     echo "== $name: installed in $((SECONDS - t0)) s"
+    if [ "$artifact" = "$wheel" ]; then  # nfct_version() names the library the wheel bundles
+        ctpy_chroot /opt/ctpy/venv/bin/python -c '
+import conntrack
+from importlib.metadata import files
+[note] = [f for f in files("pyconntrack") if str(f).endswith("licenses/bundled/README")]
+line = "libnetfilter_conntrack %s upstream" % conntrack.nfct_version()
+assert line in note.read_text(), (line, note.read_text())
+print("bundled:", line)'
+    fi
     CI=true ctpy_chroot sh -ec '
         cd /opt/ctpy/suite
         /opt/ctpy/venv/bin/python -c "
