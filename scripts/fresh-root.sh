@@ -2,7 +2,7 @@
 # The README's two commands on a fresh Debian 12 machine: a debootstrap minbase
 # root (plus git, make, python3, ca-certificates; cached under /var/cache and
 # reused), a clone of this checkout's committed HEAD in /root, then
-# `make demo` and `CI=true make test` inside it, as root.
+# `make demo` and `CI=true make test` inside it, as root; then `make wheel` there.
 # Usage (root): scripts/fresh-root.sh   (or `make test-fresh-root`)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,4 +23,7 @@ echo "== make demo passed in $((SECONDS - t1)) s"
 t1=$SECONDS
 CI=true ctpy_chroot sh -c 'cd /root/conntrack && make test'
 echo "== CI=true make test passed in $((SECONDS - t1)) s"
+t1=$SECONDS  # and the wheel, from the same fresh clone
+ctpy_chroot sh -c 'cd /root/conntrack && make wheel && ls dist'
+echo "== make wheel passed in $((SECONDS - t1)) s"
 echo "== fresh-root test passed in $((SECONDS - t0)) s"
