@@ -8,10 +8,14 @@ mkdir -p "$LICENSES"
 if command -v apk >/dev/null 2>&1; then
     # musllinux (Alpine): the distribution's own packages
     apk add --no-cache pkgconf linux-headers libmnl-dev libnfnetlink-dev libnetfilter_conntrack-dev
+    apk add --no-cache libmnl-doc libnfnetlink-doc libnetfilter_conntrack-doc || true
     for p in libmnl libnfnetlink libnetfilter_conntrack; do
-        apk info -s -d "$p" >/dev/null
-        echo "$p $(apk info -v "$p" 2>/dev/null | head -1): Alpine package" >>"$LICENSES/README"
-        for f in /usr/share/licenses/"$p"/* ; do [ -f "$f" ] && cp "$f" "$LICENSES/$p.$(basename "$f")"; done
+        echo "$p: Alpine package $(apk info -e -v "$p")" >>"$LICENSES/README"
+        found=
+        for f in /usr/share/licenses/"$p"/*; do
+            [ -f "$f" ] && cp "$f" "$LICENSES/$p.$(basename "$f")" && found=1
+        done
+        [ -n "$found" ] || { echo "no licence file for $p under /usr/share/licenses" >&2; exit 1; }
     done
     exit 0
 fi
