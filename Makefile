@@ -5,7 +5,8 @@ VPY     := $(VENV)/bin/python
 APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack procps
 PY_PKGS  := "setuptools>=77" cffi pytest hypothesis sphinx furo ruff mypy prometheus_client
 
-.PHONY: all sysdeps venv build test lint typecheck unit docs demo bench wheel compat-trixie test-fresh-root test-wheel clean
+.PHONY: all sysdeps venv build test lint typecheck unit unit-oldest docs demo bench wheel compat-trixie test-kernels \
+        test-fresh-root test-wheel clean
 
 all: build
 
@@ -42,10 +43,19 @@ typecheck: build
 unit: build
 	$(VPY) -m pytest tests
 
+# The fallback paths on this kernel: the kernel-facing tests once more with the oldest kernels'
+# features forced (no CTA_FILTER, no status or zone filter, no filtered flush); their expected
+# results do not depend on the features.  The property tests compare both paths in every run already.
+OLDEST_TESTS := tests/test_table.py tests/test_properties.py tests/test_reference.py tests/test_traffic.py \
+                tests/test_docs_examples.py tests/test_features.py
+unit-oldest: build
+	CONNTRACK_FEATURES=oldest $(VPY) -m pytest -q -p no:cacheprovider -m "not hypothesis" \
+	  -k "not events and not exporter" $(OLDEST_TESTS)
+
 docs: build
 	$(VPY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
-test: build lint typecheck unit docs
+test: build lint typecheck unit unit-oldest docs
 
 demo: build
 	$(VPY) examples/demo.py
@@ -58,6 +68,11 @@ bench: build
 # Debian 13's libnetfilter_conntrack 1.1.0: build and run the core tests with it.
 compat-trixie: build
 	PY=$(VPY) bash scripts/compat-trixie.sh
+
+# The suite under Debian's 5.10, 6.1 and 6.12 kernels in QEMU, one summary line per kernel (KVM when
+# usable, else TCG: 10-25x slower).  KERNELS="6.1 path/to/linux-image-*.deb" picks others.  Not part of test.
+test-kernels: build
+	bash scripts/test-kernels.sh $(KERNELS)
 
 # The README's two commands in a fresh Debian 12 root (debootstrap, cached under /var/cache).
 test-fresh-root:

@@ -320,19 +320,92 @@ class Bench:
             self.notes["scrape"] = "exporter scrape not measured: %s" % exc
             log("6. " + self.notes["scrape"])
             return
-        log("6. one exporter scrape (entries, limit, per-CPU stats, UNREPLIED, by protocol and TCP state)")
-        for name, breakdown in (("scrape: exporter, full", True), ("scrape: exporter, --no-breakdown", False)):
-            collector = ConntrackCollector(netns=[self.ns.name], breakdown=breakdown)
+        log("6. one exporter scrape: default (netlink counters, no dump) and with --breakdown (served from the "
+            "cache a background thread refreshes; its dump timed apart)")
+        default = ConntrackCollector(netns=[self.ns.name])
+        cached = ConntrackCollector(netns=[self.ns.name], breakdown=True, breakdown_interval=3600)
+        try:
+            deadline = time.monotonic() + 600
+            while cached.breakdown_refreshes < 1:  # the first refresh (one dump) has ended
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the breakdown thread did not finish a refresh in 600 s")
+                time.sleep(0.1)
+            for name, collector in (("scrape: exporter, default (no dump)", default),
+                                    ("scrape: exporter, --breakdown (served from cache)", cached)):
+                def scrape(c: Any = collector) -> Tuple[float, int]:
+                    t0 = time.perf_counter()
+                    samples = sum(len(m.samples) for m in c.collect())
+                    return time.perf_counter() - t0, samples
+                self.best(name, scrape)
+        finally:
+            cached.close()
+        assert self.ct is not None
+        ct = self.ct
 
-            def scrape(c: Any = collector) -> Tuple[float, int]:
-                t0 = time.perf_counter()
-                samples = sum(len(m.samples) for m in c.collect())
-                return time.perf_counter() - t0, samples
-            self.best(name, scrape)
+        def refresh() -> Tuple[float, int]:
+            t0 = time.perf_counter()
+            top, summary = ct.top_and_summary("src", 10)
+            return time.perf_counter() - t0, summary.total
+        self.best("scrape: --breakdown refresh, one dump (background thread)", refresh)
         argv = ["sh", "-c", "ip netns exec %s conntrack -C && ip netns exec %s conntrack -S >/dev/null"
                 % (self.ns.name, self.ns.name)]
         self.best("scrape: conntrack -C && conntrack -S (entries and stats only)",
                   lambda: (self.wall(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)[0], 0))
+
+    # -- 8. top talkers ----------------------------------------------------------------------
+
+    TOP_AWK = ("conntrack -L 2>/dev/null | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^src=/) {print $i; break}}' "
+               "| sort | uniq -c | sort -rn | head -20")
+
+    def bench_top(self) -> None:
+        """Who fills the table: the 20 most frequent sources, ours against the shell pipeline."""
+        assert self.ct is not None and self.ns is not None
+        ct = self.ct
+        log("8. top 20 sources (%s)" % self.TOP_AWK)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+
+        def ours() -> Tuple[float, int]:
+            t0 = time.perf_counter()
+            t = ct.top("src", 20)
+            return time.perf_counter() - t0, t[0][1]
+
+        def cli_ours() -> Tuple[float, int]:
+            secs, proc = self.wall(self.exec_argv(sys.executable, "-m", "conntrack", "top", "--by", "src",
+                                                  "--limit", "20"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            return secs, int(proc.stdout.split()[0])
+
+        def pipeline() -> Tuple[float, int]:
+            secs, proc = self.wall(self.exec_argv("sh", "-c", self.TOP_AWK),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            return secs, int(proc.stdout.split()[0])
+
+        a = self.best("top: ct.top('src', 20)", ours)
+        b = self.best("top: pyconntrack top --by src --limit 20", cli_ours)
+        c = self.best("top: conntrack -L | awk | sort | uniq -c | sort -rn | head", pipeline)
+        if not a == b == c:
+            self.notes["top"] = "MISMATCH: top source counts %d (ct.top), %d (pyconntrack), %d (pipeline)" % (a, b, c)
+            log("    !! " + self.notes["top"])
+        _secs, proc = self.wall([sys.executable, "-c", self.TOP_MEMORY_CODE, self.ns.name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        distinct, before, after = (int(x) for x in proc.stdout.split())
+        self.memory["top_peak_growth"] = (after - before) / 1024
+        self.notes["top_keys"] = ("top: %s distinct sources among %s entries; peak RSS growth of ct.top('src') "
+                                  "in a fresh process: %.1f MiB (the C hash table holds one slot per distinct "
+                                  "key, not per entry)" % (fmt_n(distinct), fmt_n(self.n),
+                                                           self.memory["top_peak_growth"]))
+        log("    " + self.notes["top_keys"])
+
+    TOP_MEMORY_CODE = r"""
+import resource, sys
+import conntrack
+with conntrack.Conntrack(sys.argv[1]) as ct:
+    ct.count()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = ct.top("src", 20)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(t.distinct, before, after)
+"""
 
     # -- 7. events ---------------------------------------------------------------------------
 
@@ -448,6 +521,10 @@ print(n, flush=True)
              "delete UNREPLIED: conntrack -D -p udp", 0.2),
             ("delete CIDR+port vs conntrack -D (same selection)", "delete CIDR+port: ct.delete(Filter(...))",
              "delete CIDR+port: conntrack -D " + " ".join(ctbench.CIDR_CLI), 1 / 3),
+            ("top --by src (CLI) vs conntrack -L | awk | sort | uniq -c", "top: pyconntrack top --by src --limit 20",
+             "top: conntrack -L | awk | sort | uniq -c | sort -rn | head", 0.2),
+            ("scrape, default vs conntrack -C && conntrack -S", "scrape: exporter, default (no dump)",
+             "scrape: conntrack -C && conntrack -S (entries and stats only)", 1.0),
             ("[buckets=N] dump (f.status read) vs raw floor", "dump: conntrack, f.status read [buckets=N]",
              "dump: raw netlink floor [buckets=N]", 1.3),
         ]
@@ -534,7 +611,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-buckets", action="store_true",
                     help="skip re-measuring the dump with nf_conntrack_buckets raised to N")
     ap.add_argument("--json", metavar="PATH", help="also write the raw numbers as JSON")
-    ap.add_argument("--sections", default="dump,count,delete,memory,scrape,events,buckets",
+    ap.add_argument("--sections", default="dump,count,delete,memory,scrape,top,events,buckets",
                     help="comma-separated sections to run (default: all)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -552,7 +629,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sections = set(args.sections.split(","))
         b.setup()
         for name, fn in (("dump", b.bench_dump), ("count", b.bench_count), ("delete", b.bench_delete),
-                         ("memory", b.bench_memory), ("scrape", b.bench_scrape), ("events", b.bench_events)):
+                         ("memory", b.bench_memory), ("scrape", b.bench_scrape), ("top", b.bench_top),
+                         ("events", b.bench_events)):
             if name in sections:
                 fn()
         if "buckets" in sections and not args.no_buckets:

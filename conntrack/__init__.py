@@ -21,16 +21,23 @@ from .errors import (
     BulkDeleteError,
     ConntrackError,
     ConntrackOSError,
+    DeleteInterrupted,
     Exists,
+    HandleClosed,
+    MatchesEverything,
     NoPermission,
+    NotANamespace,
     NotFound,
+    TimedOut,
     Unsupported,
+    WrongOwner,
 )
 from .events import Event, EventType
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Counters, Flow, FlowTuple
 from .table import Conntrack, DeleteResult, Summary
+from .top import Top
 
 __version__ = "0.1.0"
 
@@ -43,16 +50,20 @@ __all__ = [
     "ConntrackOSError",
     "Counters",
     "DCCPState",
+    "DeleteInterrupted",
     "DeleteResult",
     "Event",
     "EventType",
     "Exists",
     "Family",
     "Filter",
+    "HandleClosed",
+    "MatchesEverything",
     "Flow",
     "FlowTuple",
     "KernelFeatures",
     "NoPermission",
+    "NotANamespace",
     "NotFound",
     "Plan",
     "Proto",
@@ -60,6 +71,9 @@ __all__ = [
     "Status",
     "Summary",
     "TCPState",
+    "Top",
+    "TimedOut",
     "Unsupported",
+    "WrongOwner",
     "nfct_version",
 ]

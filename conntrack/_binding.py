@@ -24,6 +24,8 @@ POOL = 64 * 1024
 REPLY_POOL = 16 * 1024
 #: Receive buffer asked for each socket (needs CAP_NET_ADMIN to exceed rmem_max).
 RCVBUF = 8 * 1024 * 1024
+#: Seconds a request waits for the kernel's answer before raising TimedOut.
+TIMEOUT = 30.0
 
 MSG_NEW = lib.IPCTNL_MSG_CT_NEW
 MSG_GET = lib.IPCTNL_MSG_CT_GET
@@ -35,6 +37,18 @@ HAS = {
     for name in dir(lib)
     if name.startswith("CTPY_HAS_")
 }
+
+TOP_PARTS = {
+    name[len("CTPY_TOP_"):].lower(): getattr(lib, name)
+    for name in dir(lib)
+    if name.startswith("CTPY_TOP_") and name != "CTPY_TOP_MAXPARTS"
+}
+"""What ``top()`` keys can be made of (src, dst, sport, dport, proto, state, zone, mark, family)."""
+TOP_MAXPARTS = lib.CTPY_TOP_MAXPARTS
+SummaryValues = Tuple[int, int, int, Dict[int, int], Dict[int, int]]
+"""(total, unreplied, assured, by protocol number, TCP entries by state number)."""
+TopValues = Tuple[List[Tuple[bytes, int]], int]
+"""(the most frequent (key bytes, count), distinct keys)."""
 
 TupleValues = Tuple[int, int, bytes, bytes, int, int, int, int, int, bool, Optional[int]]
 
@@ -216,6 +230,16 @@ def ufilter(spec: Dict[str, Any]) -> Any:
         elif key == "labels":
             ffi.memmove(f.labels_val, value[0], 16)
             ffi.memmove(f.labels_mask, value[1], 16)
+        elif key in ("src_nat", "dst_nat", "any_nat"):
+            family, addr, port = value
+            c = getattr(f, key)
+            c.family = family
+            if addr is not None:
+                ffi.memmove(c.addr, addr, len(addr))
+                c.has_addr = 1
+            if port is not None:
+                c.port = port
+                c.has_port = 1
         else:
             setattr(f, key, value)
     f.fields = fields
@@ -263,7 +287,7 @@ class Socket:
     Not thread-safe: one operation at a time.
     """
 
-    def __init__(self, netns_fd: Optional[int] = None) -> None:
+    def __init__(self, netns_fd: Optional[int] = None, timeout: Optional[float] = TIMEOUT) -> None:
         err = ffi.new("int *")
         ptr = lib.ctpy_open(-1 if netns_fd is None else netns_fd, RCVBUF, err)
         if ptr == ffi.NULL:
@@ -274,6 +298,13 @@ class Socket:
             raise from_errno(err[0], "cannot open a ctnetlink socket")
         self._ptr = ffi.gc(ptr, lib.ctpy_close)
         self._netns_fd = netns_fd
+        self._timeout = timeout
+        if timeout is not None:
+            check(lib.ctpy_set_timeout(ptr, max(int(timeout * 1000), 1)), "socket timeout")
+
+    def fileno(self) -> int:
+        """The socket's descriptor (for tests that inspect the socket)."""
+        return int(lib.ctpy_sock_fd(self._p()))
 
     def close(self) -> None:
         ptr, self._ptr = self._ptr, None
@@ -293,7 +324,7 @@ class Socket:
 
     def _start_dump(self, family: int, kf: Any) -> Socket:
         """A new socket in the same namespace with a dump request sent on it."""
-        sock = Socket(self._netns_fd)
+        sock = Socket(self._netns_fd, self._timeout)
         try:
             check(lib.ctpy_dump_start(sock._p(), family, kf), "dump")
         except BaseException:
@@ -302,36 +333,77 @@ class Socket:
         return sock
 
     def dump(
-        self, family: int, kf: Any, uf: Any, prefetch: bool = True
+        self, family: int, kf: Any, uf: Any, prefetch: bool = True, state: Optional[DumpState] = None
     ) -> Iterator[Batch]:
-        """Batches of matching records; each dump has its own socket."""
-        sock = self._start_dump(family, kf)
-        if prefetch:
-            return _prefetched(sock, uf)
-        return _sequential(sock, uf)
+        """Batches of matching records; each dump has its own socket.
 
-    def count(self, family: int, kf: Any, uf: Any) -> int:
+        *state*, when given, learns at the end whether the kernel flagged the
+        dump as interrupted (NLM_F_DUMP_INTR)."""
+        sock = self._start_dump(family, kf)
+        st = state if state is not None else DumpState()
+        if prefetch:
+            return _prefetched(sock, uf, st)
+        return _sequential(sock, uf, st)
+
+    def count(self, family: int, kf: Any, uf: Any, state: Optional[DumpState] = None) -> int:
         sock = self._start_dump(family, kf)
         try:
             p = sock._p()
             out = ffi.new("uint64_t *")
             check(lib.ctpy_dump_count(p, uf, out), "dump")
+            if state is not None:
+                state.interrupted = bool(lib.ctpy_dump_interrupted(p))
             return int(out[0])
         finally:
             sock.close()
 
-    def summary(self, family: int, kf: Any, uf: Any) -> Tuple[int, int, int, Dict[int, int], Dict[int, int]]:
+    def summary(self, family: int, kf: Any, uf: Any) -> SummaryValues:
         """(total, unreplied, assured, by protocol number, TCP by state number) of one dump."""
+        return self.top(family, kf, uf, None, 0)[1]
+
+    def top(self, family: int, kf: Any, uf: Any, parts: Optional[List[Tuple[str, int, int]]],
+            n: int) -> Tuple[Optional[TopValues], SummaryValues]:
+        """One counting dump, in C: the summary and, with *parts*, counts by key.
+
+        *parts* are (name, IPv4 prefix, IPv6 prefix) with names from
+        :data:`TOP_PARTS`.  The counts by key come back as the *n* most
+        frequent (key bytes, count), most frequent first, with the number of
+        distinct keys.
+        """
+        t = ffi.NULL
+        keylen = 0
+        if parts is not None:
+            spec = ffi.new("struct ctpy_topspec *")
+            spec.n = len(parts)
+            for i, (name, plen4, plen6) in enumerate(parts):
+                spec.kind[i] = TOP_PARTS[name]
+                spec.plen4[i] = plen4
+                spec.plen6[i] = plen6
+            keylen = check(lib.ctpy_top_keylen(spec), "top")
+            ptr = lib.ctpy_top_new(spec)
+            if ptr == ffi.NULL:
+                raise from_errno(12, "top")
+            t = ffi.gc(ptr, lib.ctpy_top_free)
+        out = ffi.new("struct ctpy_summary *")
         sock = self._start_dump(family, kf)
         try:
-            p = sock._p()
-            out = ffi.new("struct ctpy_summary *")
-            check(lib.ctpy_dump_summary(p, uf, out), "dump")
-            protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
-            states = {k: int(out.tcp_states[k]) for k in range(32) if out.tcp_states[k]}
-            return int(out.total), int(out.unreplied), int(out.assured), protos, states
+            check(lib.ctpy_dump_top(sock._p(), uf, t, out), "dump")
         finally:
             sock.close()
+        protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
+        states = {k: int(out.tcp_states[k]) for k in range(32) if out.tcp_states[k]}
+        summary = (int(out.total), int(out.unreplied), int(out.assured), protos, states)
+        if t == ffi.NULL:
+            return None, summary
+        distinct = int(lib.ctpy_top_distinct(t))
+        want = min(n, distinct)
+        keys = ffi.new("uint8_t[]", max(want, 1) * keylen)
+        counts = ffi.new("uint64_t[]", max(want, 1))
+        got = lib.ctpy_top_result(t, want, keys, counts)
+        raw = ffi.buffer(keys, got * keylen)[:]
+        ffi.release(t)
+        rows = [(raw[i * keylen:(i + 1) * keylen], int(counts[i])) for i in range(got)]
+        return (rows, distinct), summary
 
     def crosscheck(self) -> Tuple[int, int, Optional[Tuple[Batch, Batch]]]:
         """Dump the table parsing every entry twice: with the fast C parser and
@@ -362,15 +434,17 @@ class Socket:
     def flush(self, family: int, kf: Any) -> None:
         check(lib.ctpy_flush(self._p(), family, kf), "flush")
 
-    def batch(self, msg: int, flags: int, b: Batch, pin_id: bool) -> Tuple[int, int, int, int, int]:
+    def batch(self, msg: int, flags: int, b: Batch, pin_id: bool,
+              tally: Optional[Tally] = None) -> Tuple[int, int, int, int, int]:
         """Send one request per record of *b*, many per sendmsg; count the acks.
 
         Returns (done, vanished (ENOENT), failed, first errno, first failed index).
+        With *tally*, the counts are also left in it, so a caller interrupted
+        right after this returns can still read them.
         """
-        res = ffi.new("struct ctpy_batch_result *")
-        check(lib.ctpy_batch(self._p(), msg, flags, b.recs, b.pool, b.n, int(pin_id), res), "batch")
-        return (int(res.done), int(res.vanished), int(res.failed),
-                int(res.first_errno), int(res.first_failed))
+        t = tally if tally is not None else Tally()
+        check(lib.ctpy_batch(self._p(), msg, flags, b.recs, b.pool, b.n, int(pin_id), t._res), "batch")
+        return t.values()
 
     def global_stats(self) -> Tuple[int, int]:
         entries = ffi.new("uint32_t *")
@@ -384,6 +458,33 @@ class Socket:
         n = check(lib.ctpy_cpu_stats(self._p(), out, ncpu), "per-CPU statistics")
         names = [f[0] for f in ffi.typeof("struct ctpy_cpu_stats").fields]
         return [{k: int(getattr(out[i], k)) for k in names} for i in range(n)]
+
+
+class DumpState:
+    """What a dump learned about itself once it ended."""
+
+    __slots__ = ("interrupted",)
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        """The kernel set NLM_F_DUMP_INTR: the table changed under the dump."""
+
+
+class Tally:
+    """The acknowledgement counts of one batch, in C memory the C call fills.
+
+    Allocated (zeroed) before the call, so whatever interrupts the caller
+    afterwards, what the kernel acknowledged can still be read.
+    """
+
+    __slots__ = ("_res",)
+
+    def __init__(self) -> None:
+        self._res = ffi.new("struct ctpy_batch_result *")
+
+    def values(self) -> Tuple[int, int, int, int, int]:
+        r = self._res
+        return int(r.done), int(r.vanished), int(r.failed), int(r.first_errno), int(r.first_failed)
 
 
 class EventSocket:
@@ -419,13 +520,15 @@ EV_DESTROY = lib.CTPY_EV_DESTROY
 EV_OVERFLOW = lib.CTPY_EV_OVERFLOW
 
 
-def _sequential(sock: Socket, uf: Any) -> Iterator[Batch]:
+def _sequential(sock: Socket, uf: Any, state: DumpState) -> Iterator[Batch]:
     """The dump read in the caller's thread, one batch at a time."""
     try:
         p = sock._p()
         while True:
             b = Batch()
             check(b.fill(p, uf), "dump")
+            if lib.ctpy_dump_interrupted(p):
+                state.interrupted = True
             if b.n:
                 yield b
             if lib.ctpy_dump_done(p):
@@ -434,7 +537,7 @@ def _sequential(sock: Socket, uf: Any) -> Iterator[Batch]:
         sock.close()
 
 
-def _prefetched(sock: Socket, uf: Any) -> Iterator[Batch]:
+def _prefetched(sock: Socket, uf: Any, state: DumpState) -> Iterator[Batch]:
     """Run recv + parse in a second thread (cffi drops the GIL in C) while
     the caller turns the previous batch into flows.
 
@@ -462,6 +565,8 @@ def _prefetched(sock: Socket, uf: Any) -> Iterator[Batch]:
                 if b.fill(p, uf) < 0:
                     put(from_errno(-b.n, "dump"))
                     return
+                if lib.ctpy_dump_interrupted(p):
+                    state.interrupted = True  # set before the batch is handed over
                 if b.n and not put(b):
                     return
                 if lib.ctpy_dump_done(p):
@@ -490,7 +595,15 @@ def setns(fd: int) -> None:
     check(lib.ctpy_setns(fd), "cannot enter the network namespace")
 
 
+def unshare_netns() -> None:
+    """Move the calling thread into a new, empty network namespace (it ends with the thread's sockets)."""
+    check(lib.ctpy_unshare_netns(), "cannot make a network namespace")
+
+
 def netns_open(path: str) -> int:
-    """Open a network namespace file; the caller closes the descriptor."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """Open a network namespace file; the caller closes the descriptor.
+
+    O_NONBLOCK: opening a FIFO by mistake must not block.
+    """
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
 

@@ -5,14 +5,25 @@
     pyconntrack list [FILTER...] [--json]       # conntrack -L, one flow a line
     pyconntrack count [FILTER...]               # one number, counted in the kernel and C
     pyconntrack summary [FILTER...] [--json]    # totals by protocol, TCP state, status
+    pyconntrack top [--by src] [FILTER...]      # the most frequent sources (or other keys)
     pyconntrack delete FILTER... [--dry-run]    # refuses without a filter unless --all
     pyconntrack explain FILTER...               # what runs in the kernel, what in C
     pyconntrack limits [--json]                 # nf_conntrack_max, count, fill, buckets, timeouts
     pyconntrack set-max N [--persist]           # sysctl -w with checks
     pyconntrack health [--interval S] [--json]  # exit 0 ok, 1 warning, 2 critical, 3 unknown
 
-Every command takes ``--netns NAME|PATH``.  Only ``delete`` (without
-``--dry-run``) and ``set-max`` change anything.
+    pyconntrack stats [--json]                  # conntrack -S: per-CPU statistics
+    pyconntrack events [-e NEW,DESTROY] [FILTER...] [--json]   # conntrack -E
+    pyconntrack limits --recommend              # a limit for this machine's RAM, with the reasoning
+    pyconntrack set-hashsize N [--persist]      # resize the hash table
+    pyconntrack set-timeout NAME SECONDS [--persist]
+
+Every command takes ``--netns NAME|PATH`` and ``--quiet``, before or after
+the command name.  conntrack(8)'s spellings work too: ``-L``, ``-C``,
+``-S``, ``-D``, ``-E`` for list, count, stats, delete, events, and ``-f``,
+``-p``, ``-s``, ``-d``, ``--sport``, ``--dport``, ``-m``, ``-u``, ``-w``,
+``-o extended|json``.  Only ``delete`` (without ``--dry-run``),
+``set-max``, ``set-hashsize`` and ``set-timeout`` change anything.
 
 Exit status: 0 success; 2 a usage error or a bad value (the message names
 the option); 1 the kernel or the system refused (for example no
@@ -25,19 +36,24 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import json
 import os
 import re
 import signal
+import stat
 import sys
+import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from . import health as _health
 from . import sysctl
+from . import top as _top
 from ._binding import nfct_version
-from .errors import BulkDeleteError, ConntrackError
+from .errors import BulkDeleteError, ConntrackError, DeleteInterrupted, MatchesEverything
+from .events import EventType
 from .features import KernelFeatures
 from .filter import Filter
 from .flow import Flow
@@ -66,9 +82,11 @@ _OPTION_OF = {
     "family": "--family", "proto": "--proto", "src": "--src", "dst": "--dst",
     "reply_src": "--reply-src", "reply_dst": "--reply-dst", "sport": "--sport", "dport": "--dport",
     "state": "--state", "status": "--status", "mark": "--mark", "zone": "--zone", "labels": "--label",
+    "orig_zone": "--orig-zone", "reply_zone": "--reply-zone", "src_nat": "--src-nat", "dst_nat": "--dst-nat",
+    "any_nat": "--any-nat",
     "interval": "--interval", "max": "N",
 }
-_FIELD_RE = re.compile(r"^([a-z_]+)((?: mask)?): ")
+_FIELD_RE = re.compile(r"^([a-z_]+)((?: mask| port)?): ")
 
 
 class UsageError(Exception):
@@ -105,12 +123,13 @@ def _message(exc: BaseException) -> str:
 
 
 _FILTER_DESTS = ("family", "proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport", "state",
-                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone", "labels")
+                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone", "labels",
+                 "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat")
 
 
 def _add_filter_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("filter (every option given must match)")
-    g.add_argument("--family", metavar="ipv4|ipv6", help="address family")
+    g.add_argument("-f", "--family", metavar="ipv4|ipv6", help="address family")
     g.add_argument("-p", "--proto", metavar="PROTO", help="layer-4 protocol: tcp, udp, icmp, sctp, ... or a number")
     g.add_argument("-s", "--src", metavar="ADDR[/LEN]", help="original source address or CIDR network")
     g.add_argument("-d", "--dst", metavar="ADDR[/LEN]", help="original destination address or CIDR network")
@@ -121,7 +140,7 @@ def _add_filter_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--state", action="append", metavar="STATE[,STATE...]",
                    help="connection state, e.g. ESTABLISHED (TCP unless --proto says otherwise); "
                         "repeat or separate with commas for any of several")
-    g.add_argument("--status", metavar="BIT[,BIT...]", help="status bits that must all be set, e.g. ASSURED,SEEN_REPLY")
+    g.add_argument("-u", "--status", metavar="BIT[,BIT...]", help="status bits that must all be set, e.g. ASSURED,SEEN_REPLY")
     reply = g.add_mutually_exclusive_group()
     reply.add_argument("--unreplied", dest="unreplied", action="store_const", const=True,
                        help="only entries that never saw a reply ([UNREPLIED])")
@@ -130,8 +149,14 @@ def _add_filter_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--assured", action=argparse.BooleanOptionalAction, help="only (or, with --no-, no) ASSURED entries")
     g.add_argument("--snat", action=argparse.BooleanOptionalAction, help="only (or no) source-NATed entries")
     g.add_argument("--dnat", action=argparse.BooleanOptionalAction, help="only (or no) destination-NATed entries")
-    g.add_argument("--mark", metavar="VALUE[/MASK]", help="connection mark, e.g. 0x10/0xff")
-    g.add_argument("--zone", metavar="ZONE", help="conntrack zone")
+    g.add_argument("-m", "--mark", metavar="VALUE[/MASK]", help="connection mark, e.g. 0x10/0xff")
+    g.add_argument("-w", "--zone", metavar="ZONE", help="conntrack zone")
+    g.add_argument("--orig-zone", metavar="ZONE", help="zone of the original direction only (zone-orig=)")
+    g.add_argument("--reply-zone", metavar="ZONE", help="zone of the reply direction only (zone-reply=)")
+    for opt, what in (("--src-nat", "source NAT"), ("--dst-nat", "destination NAT"), ("--any-nat", "any NAT")):
+        g.add_argument(opt, nargs="?", const=True, metavar="ADDR[:PORT]",
+                       help="only entries with %s (to ADDR[:PORT] when given; [IPV6]:PORT), "
+                            "as conntrack(8) compares the reply tuple" % what)
     g.add_argument("--label", dest="labels", action="append", metavar="BIT",
                    help="connection label bit that must be set (repeatable)")
 
@@ -162,6 +187,131 @@ def _open(args: argparse.Namespace) -> Conntrack:
     return Conntrack(args.netns)
 
 
+_NS_GET_NSTYPE = 0xB703  # ioctl(2) on a namespace file: its CLONE_NEW* type (Linux 4.11)
+_NS_TYPES = {0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "UTS", 0x08000000: "IPC",
+             0x10000000: "user", 0x20000000: "PID", 0x00000080: "time"}
+
+
+def check_netns(spec: Optional[str]) -> None:
+    """Refuse a ``--netns`` that does not exist or is not a network namespace, saying which.
+
+    Without this the kernel's answers read as something else: setns(2)
+    gives EINVAL ("Invalid argument") for a plain file, and opening another
+    process's /proc/PID/ns/net can give EACCES, which reads as a missing
+    CAP_NET_ADMIN.  A FIFO is never opened (opening one would block).
+    """
+    if spec is None:
+        return
+    path = spec if "/" in spec else os.path.join("/run/netns", spec)
+    shown = spec if path == spec else "%s (%s)" % (spec, path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        hint = "; `ip netns list` shows the names" if path != spec else ""
+        raise OSError(errno.ENOENT, "--netns %s: no such network namespace%s" % (shown, hint)) from None
+    except OSError as exc:
+        hint = (" (another process's namespace file needs ptrace access to that process)"
+                if exc.errno in (errno.EACCES, errno.EPERM) and path.startswith("/proc/") else "")
+        raise OSError(exc.errno, "--netns %s: %s%s" % (shown, exc.strerror, hint)) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise OSError(errno.EINVAL, "--netns %s: %s, not a network namespace (give a name under /run/netns "
+                      "or a path such as /proc/PID/ns/net)" % (shown, kind))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(exc.errno, "--netns %s: cannot open the namespace file: %s" % (shown, exc.strerror)) from None
+    try:
+        nstype = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):
+            raise OSError(errno.EINVAL, "--netns %s: not a network namespace (give a name under /run/netns "
+                          "or a path such as /proc/PID/ns/net)" % shown) from None
+        return  # an older kernel without NS_GET_NSTYPE: let setns(2) judge
+    finally:
+        os.close(fd)
+    if nstype != 0x40000000:  # CLONE_NEWNET
+        raise OSError(errno.EINVAL, "--netns %s: a %s namespace, not a network namespace"
+                      % (shown, _NS_TYPES.get(nstype, "different")))
+
+
+class Progress:
+    """One status line on standard error while long work runs.
+
+    Shown only when standard error is a terminal and ``--quiet`` was not
+    given; redrawn at most every ``interval`` seconds and erased at the end.
+    """
+
+    def __init__(self, args: argparse.Namespace, interval: float = 0.25) -> None:
+        self.enabled = not args.quiet and _isatty(sys.stderr)
+        self.interval = interval
+        self.prog = args.prog
+        self._next = time.monotonic() + interval
+        self._start = time.monotonic()
+        self._shown = False
+
+    def due(self) -> bool:
+        return self.enabled and time.monotonic() >= self._next
+
+    def show(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self._next = time.monotonic() + self.interval
+        sys.stderr.write("\r\033[K%s: %s (%.0f s)" % (self.prog, text, time.monotonic() - self._start))
+        sys.stderr.flush()
+        self._shown = True
+
+    def end(self, text: Optional[str] = None) -> None:
+        """Erase the line; with *text*, leave that as the last word on the terminal."""
+        if not self.enabled:
+            return
+        sys.stderr.write("\r\033[K")
+        if text is not None:
+            sys.stderr.write("%s: %s in %.1f s\n" % (self.prog, text, time.monotonic() - self._start))
+        sys.stderr.flush()
+
+    def counting(self, items: Iterable[Flow], verb: str) -> Iterator[Flow]:
+        """Pass *items* through, showing how many went by."""
+        n = 0
+        for item in items:
+            n += 1
+            if not n & 1023 and self.due():
+                self.show("%s %d entries" % (verb, n))
+            yield item
+        self.end("%s %s" % (verb, _entries(n)))
+
+    def watch_count(self, args: argparse.Namespace, text: str) -> Callable[[], None]:
+        """Show the table's entry counter (its own handle, in a thread) until the returned stop() is called."""
+        if not self.enabled:
+            return lambda: None
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                with Conntrack(args.netns) as ct:
+                    while not done.wait(self.interval):
+                        self.show(text % ct.count())
+            except (OSError, ConntrackError):
+                return  # the progress line is a nicety: the command reports its own errors
+
+        t = threading.Thread(target=run, name="pyconntrack-progress", daemon=True)
+        t.start()
+
+        def stop() -> None:
+            done.set()
+            t.join(2)
+            self.end()
+
+        return stop
+
+
+def _isatty(f: TextIO) -> bool:
+    try:
+        return f.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _write_flows(out: TextIO, flows: Iterable[Flow], as_json: bool) -> int:
     n = 0
     if as_json:
@@ -176,10 +326,40 @@ def _write_flows(out: TextIO, flows: Iterable[Flow], as_json: bool) -> int:
     return n
 
 
+def _output(args: argparse.Namespace) -> Tuple[bool, bool]:
+    """(as JSON, extended lines) from ``--json`` and conntrack(8)'s ``-o``."""
+    as_json, extended = bool(getattr(args, "json", False)), False
+    for item in getattr(args, "output", None) or []:
+        for word in item.split(","):
+            word = word.strip().lower()
+            if word == "json":
+                as_json = True
+            elif word == "extended":
+                extended = True
+            elif word:
+                raise UsageError("-o: %r is not an output format here (extended, json)" % word)
+    return as_json, extended
+
+
+def _extended(flows: Iterable[Flow]) -> Iterator[str]:
+    """conntrack -o extended: each line led by the family's name and number."""
+    for f in flows:
+        yield "%-8s %d %s" % (f.family.name, f.family, f)
+
+
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     flt = _filter(args)
+    as_json, extended = _output(args)
     with _open(args) as ct:
-        _write_flows(out, ct.dump(flt), args.json)
+        flows: Iterable[Flow] = ct.dump(flt)
+        progress = Progress(args)
+        if not _isatty(out):  # a file or a pipe: the terminal shows progress
+            flows = progress.counting(flows, "wrote")
+        if extended and not as_json:
+            for line in _extended(flows):
+                out.write(line + "\n")
+        else:
+            _write_flows(out, flows, as_json)
     return EXIT_OK
 
 
@@ -215,10 +395,31 @@ def cmd_summary(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
+    flt = _filter(args)
+    by = [part for item in args.by for part in item.split(",") if part.strip()] or ["src"]
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit: expected a positive number of keys, got %d" % args.limit)
+    try:
+        _top.parse_by(by)
+    except ValueError as exc:
+        raise UsageError("--by: %s" % str(exc).split(": ", 1)[1]) from None
+    with _open(args) as ct:
+        t = ct.top(by if len(by) > 1 else by[0], args.limit, flt)
+    if args.json:
+        _json_line(out, {"by": list(t.by), "total": t.total, "distinct": t.distinct,
+                         "top": [{"key": _top.key_json(k), "count": n} for k, n in t]})
+        return EXIT_OK
+    for key, n in t:
+        out.write("%8d  %s\n" % (n, _top.key_text(key)))
+    out.write("%s matched, %d distinct %s\n" % (_entries(t.total), t.distinct, ",".join(t.by)))
+    return EXIT_OK
+
+
 def delete_dict(r: DeleteResult) -> Dict[str, Any]:
     """A :class:`~conntrack.DeleteResult` as JSON-ready values."""
     d: Dict[str, Any] = {"deleted": r.deleted, "vanished": r.vanished, "method": r.method,
-                         "exact": r.exact, "dry_run": r.dry_run}
+                         "exact": r.exact, "dry_run": r.dry_run, "interrupted": r.interrupted}
     if r.dry_run:
         d["matched"] = [f.to_dict() for f in r.matched]
     return d
@@ -230,26 +431,15 @@ def _entries(n: int) -> str:
 
 def _delete_text(r: DeleteResult) -> str:
     text = "deleted %s by %s, %d vanished" % (_entries(r.deleted), r.method, r.vanished)
-    if not r.exact:
+    if r.interrupted:
+        text += " (the kernel flagged the dump as interrupted: matching entries may remain)"
+    elif not r.exact:
         text += " (counted from the table's entry counter: a filtered flush reports no count)"
     return text
 
 
-def _matches_everything(flt: Filter) -> bool:
-    """True when the filter restricts nothing (``--status ''``, ``--mark X/0``)."""
-    user = dict(flt.compile(KernelFeatures.none()).user)
-    if user.get("mark", (0, 1))[1] == 0:
-        del user["mark"]
-    return not user
-
-
 def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     flt = _filter(args)
-    if flt is not None and _matches_everything(flt):
-        if not args.all:
-            raise UsageError("delete: the filter options given match every entry; "
-                             "give --all (and no filter) to delete every entry")
-        flt = None
     if flt is None and not args.all:
         raise UsageError("delete: refusing to delete without a filter; give filter options "
                          "(see --help), or --all to delete every entry")
@@ -257,12 +447,15 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--all: means every entry; leave it out to delete what the filter options match")
     with _open(args) as ct:
         try:
-            r = ct.delete(flt if flt is not None else Filter(), dry_run=args.dry_run)
-        except BulkDeleteError as exc:
+            r = ct.delete(flt if flt is not None else Filter(), dry_run=args.dry_run, all=args.all)
+        except MatchesEverything:  # the library decides; the CLI names its own option
+            raise UsageError("delete: the filter options given match every entry; "
+                             "give --all (and no filter) to delete every entry") from None
+        except (BulkDeleteError, DeleteInterrupted) as exc:
             if args.json:
                 _json_line(out, delete_dict(exc.result))
             else:
-                out.write(_delete_text(exc.result) + " before stopping\n")
+                out.write(_delete_text(exc.result) + (" before Ctrl-C\n" if isinstance(exc, DeleteInterrupted) else " before stopping\n"))
             raise
     if args.json:
         _json_line(out, delete_dict(r))
@@ -280,7 +473,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
         fd = resolve(args.netns)  # the namespace must exist; its table is not read
         if fd is not None:
             os.close(fd)
-    out.write(flt.explain(KernelFeatures.detect()) + "\n")
+    out.write(flt.explain(KernelFeatures.default()) + "\n")
     return EXIT_OK
 
 
@@ -297,6 +490,8 @@ def limits_dict(s: sysctl.Settings) -> Dict[str, Any]:
 
 
 def cmd_limits(args: argparse.Namespace, out: TextIO) -> int:
+    if args.recommend:
+        return _recommend(args, out)
     s = sysctl.read(netns=args.netns)
     d = limits_dict(s)
     if args.json:
@@ -335,8 +530,97 @@ def cmd_set_max(args: argparse.Namespace, out: TextIO) -> int:
             _err(args.prog, "warning: %s" % " ".join(str(w.message).split()))
     text = "nf_conntrack_max: %d -> %d" % (previous, n)
     if args.persist:
-        text += ", kept in %s" % os.path.join("/", sysctl.DROPIN_DIR, sysctl.DEFAULT_DROPIN)
+        text += _persist_text(args)
     out.write(text + "\n")
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args) as ct:
+        rows = ct.stats()
+    if args.json:
+        _json_line(out, rows)
+        return EXIT_OK
+    for row in rows:  # conntrack -S's layout
+        out.write("cpu=%-4d\t%s \n" % (row["cpu"], " ".join("%s=%d" % (k, v) for k, v in row.items() if k != "cpu")))
+    return EXIT_OK
+
+
+_EVENT_TAGS = {"NEW": "    [NEW] ", "UPDATE": " [UPDATE] ", "DESTROY": "[DESTROY] "}
+
+
+def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
+    flt = _filter(args)
+    as_json, extended = _output(args)
+    types = EventType(0)
+    for item in args.event or ["NEW,UPDATE,DESTROY"]:
+        for word in item.split(","):
+            word = word.strip().upper()
+            if word not in _EVENT_TAGS:
+                raise UsageError("-e: %r is not an event type (NEW, UPDATE, DESTROY)" % word)
+            types |= EventType[word]
+    with _open(args) as ct:
+        for ev in ct.events(flt, types=types):
+            if ev.flow is None:  # OVERFLOW
+                _err(args.prog, "the kernel dropped events (receive buffer full); re-list for a whole view")
+                if as_json:
+                    _json_line(out, {"type": "OVERFLOW"})
+            elif as_json:
+                _json_line(out, {"type": ev.type.name, **ev.flow.to_dict()})
+            else:
+                prefix = "%-8s %d " % (ev.flow.family.name, ev.flow.family) if extended else ""
+                out.write("%s%s%s\n" % (_EVENT_TAGS[str(ev.type)], prefix, ev.flow))
+            out.flush()
+    return EXIT_OK
+
+
+def _recommend(args: argparse.Namespace, out: TextIO) -> int:
+    rec = sysctl.recommend_max()
+    if args.json:
+        _json_line(out, {"max": rec.value, "buckets": rec.buckets, "memory_bytes": rec.memory_bytes,
+                         "mem_total": rec.mem_total, "explanation": rec.explanation.splitlines()})
+        return EXIT_OK
+    out.write(rec.explanation + "\n")
+    out.write("To apply now and at boot:\n  %s set-max %d --persist\n  %s set-hashsize %d --persist\n"
+              % (args.prog, rec.value, args.prog, rec.buckets))
+    return EXIT_OK
+
+
+def _persist_text(args: argparse.Namespace) -> str:
+    text = ", kept in %s" % os.path.join("/", sysctl.DROPIN_DIR, sysctl.DEFAULT_DROPIN)
+    if sysctl.module_is_builtin():
+        return text + " (nf_conntrack is built into this kernel: no module to load first)"
+    return text + " (nf_conntrack is loaded before it at boot: %s)" % os.path.join("/", sysctl.MODULES_LOAD)
+
+
+def _set_with_warnings(args: argparse.Namespace, fn: Callable[[], int]) -> int:
+    caught: List[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
+            warnings.simplefilter("always")
+            return fn()
+    finally:
+        for w in caught:
+            _err(args.prog, "warning: %s" % " ".join(str(w.message).split()))
+
+
+def cmd_set_hashsize(args: argparse.Namespace, out: TextIO) -> int:
+    n: int = args.n
+    if not 1 <= n <= sysctl.MAX_BUCKETS:
+        raise UsageError("N: %d is out of the kernel's range 1..%d" % (n, sysctl.MAX_BUCKETS))
+    previous = _set_with_warnings(args, lambda: sysctl.set_hashsize(n, persist=args.persist, netns=args.netns))
+    out.write("nf_conntrack_buckets: %d -> %d%s\n" % (previous, n, _persist_text(args) if args.persist else ""))
+    return EXIT_OK
+
+
+def cmd_set_timeout(args: argparse.Namespace, out: TextIO) -> int:
+    name = sysctl.timeout_name(args.name)
+    seconds: int = args.seconds
+    if not 1 <= seconds <= sysctl.MAX_TIMEOUT:
+        raise UsageError("SECONDS: %d is out of range 1..%d" % (seconds, sysctl.MAX_TIMEOUT))
+    previous = _set_with_warnings(
+        args, lambda: sysctl.set_timeout(name, seconds, persist=args.persist, netns=args.netns))
+    out.write("%s: %d -> %d s%s\n" % (name, previous, seconds, _persist_text(args) if args.persist else ""))
     return EXIT_OK
 
 
@@ -365,14 +649,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                     "read and raise its limit, judge its health.",
         epilog="Exit status: 0 success, 1 refused by the kernel or the system, 2 bad usage or value; "
                "health: 0 ok, 1 warning, 2 critical, 3 unknown (an error). "
-               "Only delete (without --dry-run) and set-max change anything.",
+               "Only delete (without --dry-run), set-max, set-hashsize and set-timeout change anything.",
     )
     ap.add_argument("--version", action="version",
                     version="pyconntrack %s (libnetfilter_conntrack %s)" % (_version(), nfct_version()))
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--netns", metavar="NAME|PATH",
-                        help="network namespace: a name under /run/netns or a path such as /proc/PID/ns/net "
-                             "(default: this process's)")
+    for p in (ap, common):  # before or after the command; SUPPRESS: a value given before is kept
+        p.add_argument("--netns", metavar="NAME|PATH", default=argparse.SUPPRESS,
+                       help="network namespace: a name under /run/netns or a path such as /proc/PID/ns/net "
+                            "(default: this process's)")
+        p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress line on the terminal")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", action="append", metavar="extended|json",
+                        help="conntrack(8)'s output formats: extended (lines led by the family), json")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -387,22 +677,51 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         return p
 
     p = add("list", cmd_list, "print the entries that match, one a line in conntrack -L's format "
-            "(--json: one JSON object a line)", [as_json], True)
-    add("count", cmd_count, "print how many entries match (counted in the kernel and C)", filters=True)
+            "(--json: one JSON object a line); conntrack -L", [as_json, output], True)
+    add("count", cmd_count, "print how many entries match (counted in the kernel and C); conntrack -C",
+        filters=True)
+    add("stats", cmd_stats, "per-CPU statistics of the table (found, invalid, insert, insert_failed, drop, "
+        "early_drop, ...); conntrack -S", [as_json])
+    p = add("events", cmd_events, "print the table's events as they happen, one a line (--json: JSON "
+            "lines) until interrupted; conntrack -E", [as_json, output], True)
+    p.add_argument("-e", "--event", action="append", metavar="NEW,UPDATE,DESTROY",
+                   help="event types to print (default: all)")
     add("summary", cmd_summary, "totals of the entries that match: by protocol, TCP state, "
         "UNREPLIED and ASSURED", [as_json], True)
+    p = add("top", cmd_top, "who fills the table: the most frequent sources (or other keys) among the "
+            "entries that match, counted in C during one dump", [as_json], True)
+    p.add_argument("--by", action="append", default=[], metavar="FIELD[,FIELD...]",
+                   help="what to group by: src, dst, src/24 (or src/64 for IPv6, src/24/64 for both), sport, "
+                        "dport, proto, state, zone, mark, family; several (comma-separated or repeated) "
+                        "group by their tuple (default: src)")
+    p.add_argument("--limit", type=_int, default=20, metavar="N", help="how many keys to print (default 20)")
     p = add("delete", cmd_delete, "delete the entries that match; refuses without a filter unless --all",
             [as_json], True)
     p.add_argument("--dry-run", action="store_true", help="delete nothing; list what would be deleted")
     p.add_argument("--all", action="store_true", help="with no filter: delete every entry of the table")
     add("explain", cmd_explain, "say which parts of the filter run in the kernel and which in C, "
         "and how a delete would run", filters=True)
-    add("limits", cmd_limits, "nf_conntrack_max, entries, fill, buckets and the main timeouts", [as_json])
+    p = add("limits", cmd_limits, "nf_conntrack_max, entries, fill, buckets and the main timeouts", [as_json])
+    p.add_argument("--recommend", action="store_true",
+                   help="instead: a limit and hash size for this machine's RAM, with the reasoning")
     p = add("set-max", cmd_set_max, "set nf_conntrack_max (host namespace only); prints the previous value")
     p.add_argument("n", metavar="N", type=_int, help="the new limit (1..%d)" % sysctl.MAX_LIMIT)
     p.add_argument("--persist", action="store_true",
                    help="also keep it at boot in /etc/sysctl.d/%s" % sysctl.DEFAULT_DROPIN)
     p.add_argument("--force", action="store_true", help="allow a limit below the current number of entries")
+    p = add("set-hashsize", cmd_set_hashsize, "resize the hash table (nf_conntrack_buckets; host namespace "
+            "only); prints the previous size")
+    p.add_argument("n", metavar="N", type=_int, help="buckets (1..%d)" % sysctl.MAX_BUCKETS)
+    p.add_argument("--persist", action="store_true",
+                   help="also keep it at boot in /etc/sysctl.d/%s (and load nf_conntrack early when it is a "
+                        "module)" % sysctl.DEFAULT_DROPIN)
+    p = add("set-timeout", cmd_set_timeout, "set one nf_conntrack timeout (per namespace); prints the previous "
+            "value")
+    p.add_argument("name", metavar="NAME", help="e.g. tcp_timeout_established, udp_timeout "
+                   "(the nf_conntrack_ prefix is optional)")
+    p.add_argument("seconds", metavar="SECONDS", type=_int, help="the new timeout in seconds")
+    p.add_argument("--persist", action="store_true",
+                   help="also keep it at boot in /etc/sysctl.d/%s (host namespace)" % sysctl.DEFAULT_DROPIN)
     p = add("health", cmd_health, "verdict on the table's fill and drops; exit 0 ok, 1 warning, 2 critical, "
             "3 unknown", [as_json])
     p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
@@ -411,6 +730,29 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="also count 'table full' kernel messages from the last SECONDS "
                         "(default: only those between the two samples)")
     return ap
+
+
+CONNTRACK8_COMMANDS = {"-L": "list", "--dump": "list", "-C": "count", "--count": "count",
+                      "-S": "stats", "--stats": "stats", "-D": "delete", "--delete": "delete",
+                      "-E": "events", "--event": "events"}
+"""conntrack(8)'s command options and the subcommands they stand for."""
+
+
+def conntrack8_command(argv: List[str]) -> List[str]:
+    """Let ``pyconntrack -L -p tcp`` mean ``pyconntrack list -p tcp``, as in conntrack(8).
+
+    The first conntrack(8) command option, wherever it stands, becomes the
+    subcommand (the options around it follow it), unless a subcommand name
+    came first.
+    """
+    names = set(CONNTRACK8_COMMANDS.values()) | {"summary", "top", "explain", "limits", "set-max",
+                                                  "set-hashsize", "set-timeout", "health"}
+    for i, word in enumerate(argv):
+        if word in names:
+            return argv
+        if word in CONNTRACK8_COMMANDS:
+            return [CONNTRACK8_COMMANDS[word], *argv[:i], *argv[i + 1:]]
+    return argv
 
 
 def _int(text: str) -> int:
@@ -432,19 +774,29 @@ def _prog() -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; return the exit status."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    args_list = conntrack8_command(list(sys.argv[1:] if argv is None else argv))
     prog = _prog()
-    is_health = bool(args_list) and args_list[0] == "health"
+    is_health = "health" in args_list
     try:
         args = _parser(prog).parse_args(args_list)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         return EXIT_UNKNOWN if is_health and code != 0 else code
+    is_health = args.command == "health"
     args.prog = prog
+    args.netns = getattr(args, "netns", None)
+    args.quiet = getattr(args, "quiet", False)
     failure = EXIT_UNKNOWN if is_health else EXIT_FAILURE
     usage = EXIT_UNKNOWN if is_health else EXIT_USAGE
+    stop_progress: Callable[[], None] = lambda: None  # noqa: E731
     try:
-        status = int(args.fn(args, sys.stdout))
+        check_netns(args.netns)
+        if args.command == "delete" and not args.dry_run:
+            stop_progress = Progress(args).watch_count(args, "deleting: %d entries left in the table")
+        try:
+            status = int(args.fn(args, sys.stdout))
+        finally:
+            stop_progress()
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status
     except (UsageError, ValueError, TypeError) as exc:

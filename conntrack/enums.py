@@ -7,14 +7,56 @@ through the compiled module, never from a hand-copied table.
 from __future__ import annotations
 
 import enum
+import socket
 from typing import Type, TypeVar, Union
 
 from ._nfct import lib
 
 _E = TypeVar("_E", bound=enum.IntEnum)
 
+_INT_FORMATS = frozenset("bcdeEfFgGnoxX%")
 
-class Family(enum.IntEnum):
+
+class NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints as its member name on every Python.
+
+    Python 3.11 changed ``str()`` and ``format()`` of IntEnum members to the
+    number; ``print(flow.state)`` and ``f"{flow.state}"`` give
+    ``ESTABLISHED`` here on 3.9 to 3.13.  A numeric format spec
+    (``f"{proto:d}"``, ``"%d" % proto``) still gives the number.
+    """
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in _INT_FORMATS:
+            return int.__format__(int(self), spec)
+        return format(self.name, spec)
+
+
+class NamedIntFlag(enum.IntFlag):
+    """An IntFlag that prints as its bit names joined by ``|`` (``0`` when none) on every Python."""
+
+    def __str__(self) -> str:
+        value = int(self)
+        names = []
+        for member in type(self).__members__.values():
+            bit = int(member)
+            if bit and bit & (bit - 1) == 0 and value & bit:
+                names.append(member.name or hex(bit))
+                value &= ~bit
+        if value:
+            names.append(hex(value))
+        return "|".join(names) or "0"
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in _INT_FORMATS:
+            return int.__format__(int(self), spec)
+        return format(str(self), spec)
+
+
+class Family(NamedIntEnum):
     """Address family of a flow."""
 
     ipv4 = lib.AF_INET
@@ -23,7 +65,7 @@ class Family(enum.IntEnum):
     """IPv6 (AF_INET6)."""
 
 
-class Proto(enum.IntEnum):
+class Proto(NamedIntEnum):
     """Layer-4 protocol of a flow.
 
     Protocols without a name here (conntrack tracks any IP protocol
@@ -57,7 +99,7 @@ class Proto(enum.IntEnum):
         return None  # type: ignore[return-value]
 
 
-class Status(enum.IntFlag):
+class Status(NamedIntFlag):
     """The kernel's IPS_* status bits of an entry."""
 
     EXPECTED = lib.IPS_EXPECTED
@@ -94,7 +136,12 @@ class Status(enum.IntFlag):
     """Offloaded to hardware."""
 
 
-class TCPState(enum.IntEnum):
+#: Status bits a create or an update may set: the kernel ignores the others
+#: (IPS_UNCHANGEABLE_MASK) or refuses to change them (EXPECTED, CONFIRMED, DYING).
+SETTABLE_STATUS = Status(~lib.IPS_UNCHANGEABLE_MASK & sum(Status))
+
+
+class TCPState(NamedIntEnum):
     """TCP conntrack states, as `conntrack -L` names them."""
 
     NONE = lib.TCP_CONNTRACK_NONE
@@ -117,9 +164,11 @@ class TCPState(enum.IntEnum):
     """Closed (RST seen)."""
     SYN_SENT2 = lib.TCP_CONNTRACK_SYN_SENT2
     """Simultaneous open."""
+    LISTEN = lib.TCP_CONNTRACK_LISTEN
+    """The old name of state 9, which conntrack(8) accepts: an alias of SYN_SENT2."""
 
 
-class SCTPState(enum.IntEnum):
+class SCTPState(NamedIntEnum):
     """SCTP conntrack states."""
 
     NONE = lib.SCTP_CONNTRACK_NONE
@@ -142,7 +191,7 @@ class SCTPState(enum.IntEnum):
     """HEARTBEAT sent (secondary path)."""
 
 
-class DCCPState(enum.IntEnum):
+class DCCPState(NamedIntEnum):
     """DCCP conntrack states."""
 
     NONE = lib.DCCP_CONNTRACK_NONE
@@ -177,11 +226,11 @@ def _parse_enum(cls: Type[_E], value: object, field: str) -> _E:
     if isinstance(value, cls):
         return value
     if isinstance(value, str):
-        key = value.strip()
-        for member in cls:
-            if member.name.lower() == key.lower():
+        key = value.strip().lower()
+        for name, member in cls.__members__.items():  # aliases too (TCPState.LISTEN)
+            if name.lower() == key:
                 return member
-        names = ", ".join(m.name for m in cls)
+        names = ", ".join(cls.__members__)
         raise ValueError("%s: unknown name %r (expected one of: %s)" % (field, value, names))
     if isinstance(value, int) and not isinstance(value, bool):
         try:
@@ -192,7 +241,19 @@ def _parse_enum(cls: Type[_E], value: object, field: str) -> _E:
 
 
 def parse_proto(value: object, field: str = "proto") -> Proto:
-    """A Proto from a member, a name such as ``"udp"`` or a number."""
+    """A Proto from a member, a number, or a name: the library's (``"udp"``,
+    ``"proto_2"`` as it prints unnamed ones) or one from /etc/protocols
+    (``"igmp"``), as conntrack(8) accepts them."""
+    if isinstance(value, str) and value.strip().lower() not in Proto.__members__:
+        key = value.strip().lower()
+        if key.startswith("proto_") and key[6:].isdigit():
+            return _parse_enum(Proto, int(key[6:]), field)
+        try:
+            return Proto(socket.getprotobyname(key))
+        except (OSError, ValueError):
+            # no such name, or no /etc/protocols (Debian's netbase): the library's names
+            raise ValueError("%s: unknown protocol %r (expected a number, proto_N, one of %s, or a "
+                             "name from /etc/protocols)" % (field, value, ", ".join(Proto.__members__))) from None
     return _parse_enum(Proto, value, field)
 
 
@@ -234,7 +295,7 @@ def parse_status(value: object, field: str = "status") -> Status:
         result = Status(0)
         for part in value.replace(",", "|").split("|"):
             part = part.strip()
-            if not part:
+            if not part or part.upper() == "UNSET":  # conntrack(8)'s name for no bits
                 continue
             member = Status.__members__.get(part.upper())
             if member is None:

@@ -46,6 +46,49 @@ class BulkDeleteError(ConntrackError):
         self.result = result
 
 
+class DeleteInterrupted(KeyboardInterrupt):
+    """Ctrl-C (``KeyboardInterrupt``) arrived during a bulk delete.
+
+    It is still a :class:`KeyboardInterrupt`; ``result`` is the partial
+    :class:`~conntrack.DeleteResult`: what was deleted before it stopped.
+    """
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class MatchesEverything(ConntrackError, ValueError):
+    """A delete's filter matches every entry and ``all=True`` was not given.
+
+    ``Filter()``, ``Filter(mark="0/0")``, ``Filter(status=0)`` and the like
+    restrict nothing; deleting with them empties the table.  Say
+    ``all=True`` (or call :meth:`~conntrack.Conntrack.flush`) when you mean it.
+    """
+
+
+class HandleClosed(ConntrackError, ValueError):
+    """A method of a :class:`~conntrack.Conntrack` handle was called after :meth:`~conntrack.Conntrack.close`."""
+
+
+class WrongOwner(ConntrackError, RuntimeError):
+    """A handle was used from a thread other than the one that opened it,
+    or in a child process after ``fork()``.  Open one handle per thread
+    (and per process)."""
+
+
+
+
+class NotANamespace(ConntrackOSError, ValueError):
+    """The path or descriptor given as ``netns`` is not a network namespace
+    (EINVAL).  Also an :class:`OSError`: a name under /run/netns whose
+    namespace is being created or deleted looks like this for a moment."""
+
+
+class TimedOut(ConntrackOSError, TimeoutError):
+    """The kernel did not answer a request in time (the socket's receive timeout)."""
+
+
 _PERM_HINT = (
     "conntrack needs CAP_NET_ADMIN (run as root) in the network namespace "
     "it talks to"
@@ -65,6 +108,9 @@ def from_errno(err: int, what: str, filename: Optional[str] = None) -> OSError:
         cls = Exists
     elif err == _errno.EOPNOTSUPP:
         cls = Unsupported
+    elif err == _errno.EAGAIN:
+        cls = TimedOut
+        message = "%s: no answer from the kernel within the handle's timeout" % what
     exc: OSError = cls(err, message)
     if filename is not None:
         exc.filename = filename
@@ -90,6 +136,11 @@ class ConntrackWarning(UserWarning):
 
 class ProxmoxFirewallWarning(ConntrackWarning):
     """On a Proxmox VE host, pve-firewall re-applies its own conntrack settings."""
+
+
+class DumpInterrupted(ConntrackWarning):
+    """The kernel flagged a dump as interrupted (``NLM_F_DUMP_INTR``): the
+    table changed under it, so entries may be missing or repeated."""
 
 
 class PersistOverridden(ConntrackWarning):

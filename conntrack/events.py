@@ -9,12 +9,12 @@ gives a whole view of the table.
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from . import _binding
+from .enums import NamedIntFlag
 from .filter import Plan
 from .flow import Flow
 
@@ -22,7 +22,7 @@ from .flow import Flow
 DEFAULT_RCVBUF = 256 * 1024 * 1024
 
 
-class EventType(enum.IntFlag):
+class EventType(NamedIntFlag):
     """What happened to an entry."""
 
     NEW = _binding.EV_NEW
@@ -63,8 +63,10 @@ def listen(netns_fd: Optional[int], plan: Plan, types: EventType, rcvbuf: int,
     """
     if not types or types & ~ALL:
         raise ValueError("types: give NEW, UPDATE and/or DESTROY")
-    if rcvbuf <= 0:
-        raise ValueError("rcvbuf: %d is not a positive size" % rcvbuf)
+    if isinstance(rcvbuf, bool) or not isinstance(rcvbuf, int):
+        raise TypeError("rcvbuf: expected a size in bytes, got %r" % (rcvbuf,))
+    if not 0 < rcvbuf <= 0x7FFFFFFF:  # a C int in setsockopt
+        raise ValueError("rcvbuf: %d is not a size in 1..2147483647" % rcvbuf)
     if idle_timeout is not None and not idle_timeout >= 0:  # NaN too
         raise ValueError("idle_timeout: %r is not a number of seconds >= 0" % idle_timeout)
     sock = _binding.EventSocket(netns_fd, int(types), rcvbuf)

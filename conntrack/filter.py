@@ -12,17 +12,64 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from . import _binding
 from .enums import Family, Proto, State, Status, parse_family, parse_proto, parse_state, parse_status
 from .features import KernelFeatures
-from .flow import check_int, check_port, labels_to_bytes
+from .flow import _PORT_PROTOS, IPAddress, check_address, check_int, check_port, labels_to_bytes
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 PortSpec = Union[int, str, Tuple[int, int], range]
 
+
+class NatMatch(NamedTuple):
+    """A NAT filter part: the translated address and port (None: any)."""
+
+    addr: Optional[IPAddress] = None
+    port: Optional[int] = None
+
+    def __str__(self) -> str:
+        addr = "" if self.addr is None else "[%s]" % self.addr if self.addr.version == 6 else str(self.addr)
+        if self.port is None:
+            return addr or "any"
+        return "%s:%d" % (addr, self.port)
+
+
+def _nat(value: Any, field_name: str) -> NatMatch:
+    """``True`` (any NAT), an address, ``"ADDR:PORT"``, ``"[V6ADDR]:PORT"``,
+    ``":PORT"``, or an (address, port) pair where either may be None."""
+    if value is True:
+        return NatMatch()
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError("%s: expected (address, port), got %r" % (field_name, value))
+        addr, port = value
+    elif isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        addr, port = value, None
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            inner, sep, rest = text[1:].partition("]")
+            if not sep or rest and not rest.startswith(":"):
+                raise ValueError("%s: %r is not [IPV6] or [IPV6]:PORT" % (field_name, value))
+            addr, port = inner, rest[1:] if rest else None
+        elif text.count(":") == 1:
+            addr, _, port = text.partition(":")
+            addr = addr or None
+        else:
+            addr, port = text, None
+        if port == "":
+            raise ValueError("%s: %r has an empty port" % (field_name, value))
+        if addr is None and port is None:
+            raise ValueError("%s: %r gives no address and no port" % (field_name, value))
+    else:
+        raise TypeError("%s: expected True, an address or \"ADDR:PORT\", got %r" % (field_name, value))
+    return NatMatch(check_address(addr, field_name) if addr is not None else None,
+                    check_port(port, field_name + " port") if port is not None else None)
+
 _KERNEL_PORT_PROTOS = (Proto.tcp, Proto.udp)  # the kernel's tuple filter compares ports only for these
+
 
 
 def _network(value: Any, field_name: str) -> Network:
@@ -68,7 +115,10 @@ def _masked(value: Any, field_name: str, bits: int) -> Tuple[int, int]:
         val, mask = value, top
     v = check_int(val.strip() if isinstance(val, str) else val, field_name, 0, top)
     m = check_int(mask.strip() if isinstance(mask, str) else mask, field_name + " mask", 0, top)
-    return v & m, m
+    if v & ~m:
+        # read literally it matches nothing; masking the value would widen the match
+        raise ValueError("%s: value %#x has bits outside the mask %#x (it can never match)" % (field_name, v, m))
+    return v, m
 
 
 @dataclass(frozen=True)
@@ -81,6 +131,8 @@ class Filter:
         Filter(proto="udp", dst="10.0.0.0/8", dport=53)
         Filter(proto="tcp", state=["SYN_SENT", "SYN_RECV"])
         Filter(mark="0x10/0xff", zone=3)
+        Filter(dst_nat="10.0.0.9:8080")               # conntrack -L --dst-nat 10.0.0.9:8080
+        Filter(any_nat=True, reply_zone=4)            # conntrack -L --any-nat --reply-zone 4
     """
 
     family: Optional[Family] = None
@@ -100,6 +152,11 @@ class Filter:
     mark: Optional[Tuple[int, int]] = None
     zone: Optional[int] = None
     labels: Optional[bytes] = None
+    orig_zone: Optional[int] = None
+    reply_zone: Optional[int] = None
+    src_nat: Optional[NatMatch] = None
+    dst_nat: Optional[NatMatch] = None
+    any_nat: Optional[NatMatch] = None
 
     def __init__(
         self,
@@ -121,9 +178,25 @@ class Filter:
         mark: Union[int, str, Tuple[int, int], None] = None,
         zone: Optional[int] = None,
         labels: Union[Iterable[int], int, None] = None,
+        orig_zone: Optional[int] = None,
+        reply_zone: Optional[int] = None,
+        src_nat: Any = None,
+        dst_nat: Any = None,
+        any_nat: Any = None,
     ) -> None:
         set_ = object.__setattr__
         fam = parse_family(family) if family is not None else None
+        nats = {}
+        for name, value in (("src_nat", src_nat), ("dst_nat", dst_nat), ("any_nat", any_nat)):
+            if value is None:
+                continue
+            nat = _nat(value, name)
+            if nat.addr is not None:
+                nat_family = Family.ipv4 if nat.addr.version == 4 else Family.ipv6
+                if fam is not None and nat_family != fam:
+                    raise ValueError("%s: %s is not in family %s" % (name, nat.addr, fam.name))
+                fam = nat_family
+            nats[name] = nat
         nets = {}
         for name, value in (("src", src), ("dst", dst), ("reply_src", reply_src), ("reply_dst", reply_dst)):
             if value is None:
@@ -148,6 +221,20 @@ class Filter:
         for name, flag in (("unreplied", unreplied), ("assured", assured), ("snat", snat), ("dnat", dnat)):
             if flag is not None and not isinstance(flag, bool):
                 raise TypeError("%s: expected True, False or None, got %r" % (name, flag))
+        bits = parse_status(status) if status is not None else None
+        if bits is not None:
+            # a status bit that must be set next to a flag that says it is clear
+            for name, flag, bit, clear_when in (
+                ("unreplied", unreplied, Status.SEEN_REPLY, True),
+                ("assured", assured, Status.ASSURED, False),
+                ("snat", snat, Status.SRC_NAT, False),
+                ("dnat", dnat, Status.DST_NAT, False),
+            ):
+                if flag is clear_when and bits & bit:
+                    raise ValueError("%s=%s contradicts status %s (the filter could never match)"
+                                     % (name, flag, bit.name))
+        if p is not None and (sport is not None or dport is not None) and p not in _PORT_PROTOS:
+            raise ValueError("sport/dport: protocol %s has no ports" % p.name)
         set_(self, "family", fam)
         set_(self, "proto", p)
         for name in ("src", "dst", "reply_src", "reply_dst"):
@@ -155,7 +242,7 @@ class Filter:
         set_(self, "sport", _ports(sport, "sport") if sport is not None else None)
         set_(self, "dport", _ports(dport, "dport") if dport is not None else None)
         set_(self, "state", states)
-        set_(self, "status", parse_status(status) if status is not None else None)
+        set_(self, "status", bits)
         set_(self, "unreplied", unreplied)
         set_(self, "assured", assured)
         set_(self, "snat", snat)
@@ -163,6 +250,33 @@ class Filter:
         set_(self, "mark", _masked(mark, "mark", 32) if mark is not None else None)
         set_(self, "zone", check_int(zone, "zone", 0, 0xFFFF) if zone is not None else None)
         set_(self, "labels", labels_to_bytes(labels) if labels is not None else None)
+        # a zone of one direction only (conntrack's --orig-zone/--reply-zone; 0 is no zone)
+        set_(self, "orig_zone", check_int(orig_zone, "orig_zone", 1, 0xFFFF) if orig_zone is not None else None)
+        set_(self, "reply_zone", check_int(reply_zone, "reply_zone", 1, 0xFFFF) if reply_zone is not None else None)
+        for name in ("src_nat", "dst_nat", "any_nat"):
+            set_(self, name, nats.get(name))
+
+    @property
+    def matches_everything(self) -> bool:
+        """True when no part of the filter restricts anything, so it matches
+        every entry: ``Filter()``, ``mark=(5, 0)`` (mask 0), ``status=0``,
+        ``labels=[]``.  :meth:`Conntrack.delete <conntrack.Conntrack.delete>`
+        refuses such a filter unless told ``all=True``.
+
+        Read from the filter's own fields, not from what it compiles to.
+        """
+        for name in ("family", "proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport",
+                     "state", "unreplied", "assured", "snat", "dnat", "zone",
+                     "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat"):
+            if getattr(self, name) is not None:
+                return False
+        if self.status is not None and int(self.status) != 0:
+            return False
+        if self.mark is not None and self.mark[1] != 0:
+            return False
+        if self.labels is not None and any(self.labels):
+            return False
+        return True
 
     # -- compilation -----------------------------------------------------------
 
@@ -289,11 +403,25 @@ class Filter:
             user["labels"] = (self.labels, self.labels)
             utext.append("labels")
             flush_ok = False
+        for name in ("orig_zone", "reply_zone"):
+            zone: Optional[int] = getattr(self, name)
+            if zone is not None:
+                user[name] = zone
+                utext.append("%s=%d" % (name, zone))
+                flush_ok = False
+        for name in ("src_nat", "dst_nat", "any_nat"):
+            nat: Optional[NatMatch] = getattr(self, name)
+            if nat is not None:
+                addr = nat.addr
+                user[name] = (int(Family.ipv4 if addr is None or addr.version == 4 else Family.ipv6),
+                              addr.packed if addr is not None else None, nat.port)
+                utext.append("%s=%s" % (name, nat))
+                flush_ok = False
         return Plan(fam, kernel, user, flush_ok, ktext, utext)
 
     def explain(self, features: Optional[KernelFeatures] = None) -> str:
         """Say which parts run in the kernel and which in the C layer."""
-        plan = self.compile(features or KernelFeatures.detect())
+        plan = self.compile(features or KernelFeatures.default())
         return plan.explain()
 
 

@@ -14,6 +14,7 @@ from typing import Any, Dict, FrozenSet, Iterable, NamedTuple, Optional, Tuple, 
 
 from . import _binding
 from .enums import (
+    SETTABLE_STATUS,
     STATE_ENUMS,
     Family,
     Proto,
@@ -143,6 +144,41 @@ def entry_fields(proto: Optional[Proto] = None, **values: Any) -> Tuple[int, Dic
     return present, fields
 
 
+def status_names(bits: int) -> str:
+    """``"SRC_NAT|DST_NAT"`` for a set of status bits (unknown ones in hex)."""
+    names = [m.name or "" for m in Status if m & bits]
+    rest = bits & ~sum(Status)
+    if rest:
+        names.append("%#x" % rest)
+    return "|".join(names)
+
+
+_PLAIN_STATUS = int(SETTABLE_STATUS | Status.CONFIRMED)
+
+
+def check_create(flow: Flow) -> None:
+    """ValueError when *flow* asks for status bits a create cannot set.
+
+    The kernel sets CONFIRMED on insertion, and SRC_NAT/DST_NAT (with both
+    NAT_DONE bits) when the reply tuple is translated; a user may set only
+    ``SETTABLE_STATUS``.  Any other bit would be dropped without a word.
+    """
+    status = flow._b.status(flow._i) if flow._has("status") else 0
+    if not status & ~_PLAIN_STATUS:  # the common case, without decoding the tuples
+        return
+    nat = flow._nat_bits()
+    allowed = _PLAIN_STATUS
+    if nat:
+        allowed |= int(nat | Status.SRC_NAT_DONE | Status.DST_NAT_DONE)
+    bad = status & ~allowed
+    if bad:
+        msg = "status: the kernel does not let a create set %s" % status_names(bad)
+        if bad & (Status.SRC_NAT | Status.DST_NAT | Status.SRC_NAT_DONE | Status.DST_NAT_DONE):
+            msg += (" (it sets the NAT bits itself when the reply tuple is translated: give "
+                    "reply_src/reply_sport for DNAT, reply_dst/reply_dport for SNAT)")
+        raise ValueError(msg)
+
+
 def _family_of(addr: IPAddress) -> Family:
     return Family.ipv4 if addr.version == 4 else Family.ipv6
 
@@ -211,6 +247,8 @@ class Flow:
         timeout: Optional[int] = None,
         mark: Optional[int] = None,
         zone: Optional[int] = None,
+        orig_zone: Optional[int] = None,
+        reply_zone: Optional[int] = None,
         status: Union[Status, int, str, None] = None,
         state: Union[State, int, str, None] = None,
         labels: Union[Iterable[int], int, None] = None,
@@ -252,8 +290,19 @@ class Flow:
         elif icmp_type is not None or icmp_code is not None or icmp_id is not None:
             raise ValueError("icmp_type/icmp_code/icmp_id: only for icmp and icmpv6")
 
+        # The kernel keeps one zone per entry: for both directions (CTA_ZONE)
+        # or for one (CTA_TUPLE_ZONE in that tuple); it refuses two.
+        given = [n for n, v in (("zone", zone), ("orig_zone", orig_zone), ("reply_zone", reply_zone))
+                 if v is not None]
+        if len(given) > 1:
+            raise ValueError("%s: an entry has one zone, for both directions (zone=) or for one "
+                             "(orig_zone= or reply_zone=); give one of them" % "/".join(given))
+        oz = check_int(orig_zone, "orig_zone", 1, 0xFFFF) if orig_zone is not None else None
+        rz = check_int(reply_zone, "reply_zone", 1, 0xFFFF) if reply_zone is not None else None
+        one_way = oz if oz is not None else rz
         present, fields = entry_fields(
-            p, timeout=timeout, mark=mark, zone=zone, status=status, state=state, labels=labels)
+            p, timeout=timeout, mark=mark, zone=zone if one_way is None else one_way,
+            status=status, state=state, labels=labels)
         present |= _HAS["orig"] | _HAS["reply"]
         if helper is not None:
             if not isinstance(helper, str) or not 0 < len(helper.encode()) < 16:
@@ -262,10 +311,10 @@ class Flow:
 
         b = _binding.single()
         b.set_tuple(0, "orig", (int(fam), int(p), s.packed, d.packed, orig_ports[0], orig_ports[1],
-                                icmp[0], icmp[1], icmp[2], has_icmp, None))
+                                icmp[0], icmp[1], icmp[2], has_icmp, oz))
         reply_type = (_ICMP_REPLY if p == Proto.icmp else _ICMPV6_REPLY).get(icmp[0], icmp[0])
         b.set_tuple(0, "reply", (int(fam), int(p), rs.packed, rd.packed, reply_ports[0], reply_ports[1],
-                                 reply_type, icmp[1], icmp[2], has_icmp, None))
+                                 reply_type, icmp[1], icmp[2], has_icmp, rz))
         b.set_fields(0, present, fields)
         if helper is not None:
             b.set_string(0, "helper", helper, 0)
@@ -346,8 +395,21 @@ class Flow:
 
     @property
     def zone(self) -> int:
-        """The conntrack zone (0 is the default zone)."""
+        """The conntrack zone (0 is the default zone), whichever direction it
+        applies to (see :attr:`orig_zone` and :attr:`reply_zone`)."""
         return self._b.scalar(self._i, "zone") if self._has("zone") else 0
+
+    @property
+    def orig_zone(self) -> Optional[int]:
+        """The zone when it applies to the original direction only (conntrack's
+        ``zone-orig=``, ``--orig-zone``), else None."""
+        return self._b.tuple(self._i, "orig")[10]
+
+    @property
+    def reply_zone(self) -> Optional[int]:
+        """The zone when it applies to the reply direction only (conntrack's
+        ``zone-reply=``, ``--reply-zone``), else None."""
+        return self._b.tuple(self._i, "reply")[10]
 
     @property
     def id(self) -> Optional[int]:
@@ -423,6 +485,17 @@ class Flow:
         """True when destination NAT applies."""
         return bool(self.status & Status.DST_NAT)
 
+    def _nat_bits(self) -> Status:
+        """SRC_NAT/DST_NAT as the tuples say: the reply is not the original's inverse."""
+        o, r = self.orig, self.reply
+        ports = self.proto in _PORT_PROTOS
+        bits = Status(0)
+        if r.src != o.dst or ports and r.sport != o.dport:
+            bits |= Status.DST_NAT
+        if r.dst != o.src or ports and r.dport != o.sport:
+            bits |= Status.SRC_NAT
+        return bits
+
     @property
     def key(self) -> Tuple[int, Proto, FlowTuple]:
         """What names the entry in the kernel: zone, protocol, original tuple."""
@@ -431,7 +504,7 @@ class Flow:
     def _values(self) -> Tuple[Any, ...]:
         return (
             self.family, self.proto, self.orig, self.reply, self.status, self.state,
-            self.timeout, self.mark, self.zone, self.id, self.use, self.counters,
+            self.timeout, self.mark, self.zone, self.orig_zone, self.reply_zone, self.id, self.use, self.counters,
             self.start, self.stop, self.labels, self.secctx, self.helper, self.master,
         )
 
@@ -467,6 +540,8 @@ class Flow:
             "timeout": self.timeout,
             "mark": self.mark,
             "zone": self.zone,
+            "orig_zone": self.orig_zone,
+            "reply_zone": self.reply_zone,
             "id": self.id,
             "use": self.use,
             "counters": counters._asdict() if counters is not None else None,
@@ -491,11 +566,16 @@ class Flow:
         if state is not None:
             parts.append(state.name)
         parts.append(_tuple_text(self.orig))
+        orig_zone, reply_zone = self.orig_zone, self.reply_zone
+        if orig_zone is not None:
+            parts.append("zone-orig=%d" % orig_zone)
         if counters is not None:
             parts.append("packets=%d bytes=%d" % (counters.orig_packets, counters.orig_bytes))
         if not status & Status.SEEN_REPLY:
             parts.append("[UNREPLIED]")
         parts.append(_tuple_text(self.reply))
+        if reply_zone is not None:
+            parts.append("zone-reply=%d" % reply_zone)
         if counters is not None:
             parts.append("packets=%d bytes=%d" % (counters.reply_packets, counters.reply_bytes))
         if status & Status.ASSURED:
@@ -508,7 +588,7 @@ class Flow:
             parts.append("mark=%d" % self.mark)
         if self.secctx is not None:
             parts.append("secctx=%s" % self.secctx)
-        if self.zone:
+        if self.zone and orig_zone is None and reply_zone is None:
             parts.append("zone=%d" % self.zone)
         if self.helper is not None:
             parts.append("helper=%s" % self.helper)

@@ -22,6 +22,7 @@ when that fails.  Nothing here changes the table.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import enum
 import errno
@@ -137,6 +138,9 @@ class Health:
     """Start of the kernel log window (seconds since the epoch)."""
     sample: Sample
     """This reading; pass the Health (or this) as ``previous`` next time."""
+    top_sources: Tuple[Tuple[Any, int], ...] = ()
+    """At or above the warning fill only: the most frequent original sources and their
+    entries (one dump, counted in C); empty otherwise."""
 
     def __str__(self) -> str:
         return "%s: %s" % (self.verdict, "; ".join(self.reasons))
@@ -298,6 +302,7 @@ def health(
     root: str = "/",
     *,
     interval: float = 0.0,
+    top: int = 5,
 ) -> Health:
     """Judge *ct*'s table (default: this namespace's) now.
 
@@ -305,8 +310,12 @@ def health(
     rates; without one, ``interval`` > 0 takes two samples that far apart.
     The kernel log is checked from ``since`` (a datetime or epoch seconds),
     by default between the previous sample and this one; without either it
-    is not checked.
+    is not checked.  When the table is at or above the warning fill, the
+    verdict also names the ``top`` most frequent sources (one dump; only
+    then, since a dump of a big table costs seconds; ``top=0``: never).
     """
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise ValueError("top: expected a number of sources >= 0, got %r" % (top,))
     prev: Optional[Sample] = previous.sample if isinstance(previous, Health) else previous
     if prev is not None and not isinstance(prev, Sample):
         raise TypeError("previous: expected a Health or a Sample, got %r" % (previous,))
@@ -320,7 +329,26 @@ def health(
     if prev is not None and None not in (prev.netns_inode, now.netns_inode) \
             and prev.netns_inode != now.netns_inode:
         raise ValueError("previous: a sample of another network namespace")
-    return judge(now, prev, since, root)
+    h = judge(now, prev, since, root)
+    if top and h.fill >= WARNING_FILL:
+        h = _with_top_sources(h, ct, top)
+    return h
+
+
+def _with_top_sources(h: Health, ct: Optional[Conntrack], n: int) -> Health:
+    """*h* with the most frequent sources named (a failed dump leaves it as it was)."""
+    try:
+        if ct is not None:
+            t = ct.top("src", n)
+        else:
+            with Conntrack() as own:
+                t = own.top("src", n)
+    except (OSError, ConntrackError):
+        return h
+    if not t:
+        return h
+    text = "top sources: %s" % ", ".join("%s %d" % (key, count) for key, count in t)
+    return dataclasses.replace(h, reasons=h.reasons + (text,), top_sources=tuple(t))
 
 
 def judge(now: Sample, prev: Optional[Sample] = None, since: Since = None, root: str = "/") -> Health:
@@ -403,6 +431,7 @@ def as_dict(h: Health) -> Dict[str, Any]:
         "fill": h.fill, "interval": h.interval, "deltas": dict(h.deltas) if h.deltas is not None else None,
         "rates": dict(h.rates) if h.rates is not None else None, "table_full": h.table_full,
         "source": h.sample.source,
+        "top_sources": [[str(key), count] for key, count in h.top_sources],
     }
 
 

@@ -7,15 +7,30 @@ name under /run/netns (as ``ip netns add`` makes), a path such as
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import threading
 from typing import Callable, Dict, Optional, TypeVar, Union
 
 from . import _binding
-from .errors import from_errno
+from .errors import NotANamespace, from_errno
 
 NetnsSpec = Union[None, str, int, "os.PathLike[str]"]
 _T = TypeVar("_T")
+
+_NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h (4.11+)
+_CLONE_NEWNET = 0x40000000
+
+
+def _check_netns(fd: int, what: str) -> None:
+    """Raise NotANamespace unless *fd* is a network namespace (closes nothing)."""
+    try:
+        kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        kind = None  # not an nsfs file at all (ENOTTY), or a kernel without the ioctl
+    if kind != _CLONE_NEWNET:
+        raise NotANamespace(errno.EINVAL, "netns: %s is not a network namespace" % what)
 
 
 def resolve(netns: NetnsSpec) -> Optional[int]:
@@ -25,20 +40,34 @@ def resolve(netns: NetnsSpec) -> Optional[int]:
     if isinstance(netns, bool):
         raise TypeError("netns: expected a name, a path or an fd, got %r" % (netns,))
     if isinstance(netns, int):
-        if netns < 0:
+        if not 0 <= netns < 2**31:
             raise ValueError("netns: %d is not a file descriptor" % netns)
-        return os.dup(netns)
-    path = os.fspath(netns)
-    if not isinstance(path, str) or not path:
-        raise ValueError("netns: expected a name, a path or an fd, got %r" % (netns,))
-    if "/" not in path:
-        path = os.path.join("/run/netns", path)
+        try:
+            fd = os.dup(netns)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise ValueError("netns: %d is not an open file descriptor" % netns) from None
+            raise from_errno(exc.errno or errno.EIO, "netns: cannot use descriptor %d" % netns) from None
+        what = "descriptor %d" % netns
+    else:
+        path = os.fspath(netns)
+        if not isinstance(path, str) or not path:
+            raise ValueError("netns: expected a name, a path or an fd, got %r" % (netns,))
+        if "/" not in path:
+            path = os.path.join("/run/netns", path)
+        try:
+            fd = _binding.netns_open(path)
+        except FileNotFoundError:
+            raise from_errno(2, "network namespace %r not found" % os.fspath(netns), path) from None
+        except OSError as exc:
+            raise from_errno(exc.errno or 5, "cannot open network namespace %r" % path, path) from None
+        what = repr(path)
     try:
-        return _binding.netns_open(path)
-    except FileNotFoundError:
-        raise from_errno(2, "network namespace %r not found" % os.fspath(netns), path) from None
-    except OSError as exc:
-        raise from_errno(exc.errno or 5, "cannot open network namespace %r" % path, path) from None
+        _check_netns(fd, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def run_in(netns: NetnsSpec, fn: Callable[[], _T]) -> _T:

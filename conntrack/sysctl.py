@@ -321,6 +321,21 @@ def _readonly(name: str, path: str) -> ReadOnlyInNamespace:
     return exc
 
 
+_CAP_NET_ADMIN = 12
+
+
+def _has_net_admin() -> bool:
+    """Whether this thread has CAP_NET_ADMIN in its effective set (True when it cannot tell)."""
+    try:
+        with open("/proc/thread-self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
+
+
 def _write_file(path: str, name: str, field: str, value: int) -> int:
     """Write *value* to an existing sysctl or parameter file; return the previous value."""
     try:
@@ -342,6 +357,9 @@ def _write_file(path: str, name: str, field: str, value: int) -> int:
         err = exc.errno or errno.EIO
         if err == errno.EINVAL:
             raise ValueError("%s: the kernel refused %d (%s)" % (field, value, path)) from None
+        if err in (errno.EACCES, errno.EPERM) and not _has_net_admin():
+            # the cause is the caller's privilege, wherever the value lives
+            raise from_errno(err, "cannot write %s: it needs CAP_NET_ADMIN (root)" % path, path) from None
         if err == errno.EOPNOTSUPP or (err in (errno.EACCES, errno.EPERM) and name in _NS_READONLY):
             raise _readonly(name, path) from None
         if err == errno.ENOENT:
@@ -361,6 +379,7 @@ def _set(name: str, value: int, field: str, root: str, netns: NetnsSpec, persist
     previous = in_netns(netns, lambda: _write_file(path, name, field, value))
     if persist:
         write_dropin({"net.netfilter." + name: value}, root=root, dropin=dropin)
+        load_at_boot(root)
     return previous
 
 
@@ -386,7 +405,8 @@ def set_hashsize(n: int, *, persist: bool = False, dropin: str = DEFAULT_DROPIN,
     The kernel rehashes every entry, so large tables pause briefly.  With
     ``persist=True`` the drop-in sets ``net.netfilter.nf_conntrack_buckets``
     (the same value, writable from the host namespace); it applies at boot
-    only if nf_conntrack is loaded by then (list it in /etc/modules-load.d).
+    only if nf_conntrack is loaded by then, so a modular nf_conntrack is also
+    listed in /etc/modules-load.d (see :func:`load_at_boot`).
     """
     _check_count(n, "hashsize", 1, MAX_BUCKETS)
     _check_root_netns(root, netns)
@@ -398,6 +418,7 @@ def set_hashsize(n: int, *, persist: bool = False, dropin: str = DEFAULT_DROPIN,
     previous = in_netns(netns, lambda: _write_file(path, "hashsize", "hashsize", n))
     if persist:
         write_dropin({"net.netfilter.nf_conntrack_buckets": n}, root=root, dropin=dropin)
+        load_at_boot(root)
     return previous
 
 
@@ -428,6 +449,44 @@ def set_timestamp(on: bool, *, persist: bool = False, dropin: str = DEFAULT_DROP
     """Turn per-flow timestamps on or off; return the previous setting."""
     _check_bool(on, "timestamp")
     return bool(_set("nf_conntrack_timestamp", int(on), "timestamp", root, netns, persist, dropin))
+
+
+# -- loading the module early -------------------------------------------------------------------
+
+MODULES_LOAD = "etc/modules-load.d/nf_conntrack.conf"
+"""Where :func:`load_at_boot` lists nf_conntrack for systemd-modules-load."""
+
+
+def module_is_builtin(root: str = "/") -> bool:
+    """True when nf_conntrack is built into the kernel (in /sys/module without an ``initstate``)."""
+    d = _path(root, "sys/module/nf_conntrack")
+    return os.path.isdir(d) and not os.path.exists(os.path.join(d, "initstate"))
+
+
+def load_at_boot(root: str = "/") -> Optional[str]:
+    """Make sure nf_conntrack is loaded before sysctl.d is applied at boot; return the file written.
+
+    systemd-sysctl applies /etc/sysctl.d early (after systemd-modules-load);
+    a ``net.netfilter.nf_conntrack_*`` key whose module is not loaded yet
+    fails with "No such file or directory" and is skipped, so the setting
+    is silently lost until a firewall rule loads the module later.  Listing
+    the module in <root>/etc/modules-load.d makes it load first.  Returns
+    None when nothing is needed (nf_conntrack is built into this kernel)
+    or the file already lists it.
+    """
+    if module_is_builtin(root):
+        return None
+    path = _path(root, MODULES_LOAD)
+    try:
+        with open(path) as f:
+            if any(line.split("#")[0].strip() == "nf_conntrack" for line in f):
+                return None
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _atomic_write(path, "# written by pyconntrack: load nf_conntrack before sysctl.d applies its settings\n"
+                  "nf_conntrack\n", 0o644)
+    return path
 
 
 # -- the drop-in ------------------------------------------------------------------------------
@@ -473,8 +532,43 @@ def _atomic_write(path: str, text: str, mode: int) -> None:
         os.close(dfd)
 
 
+# The keys a drop-in of ours may set, with the values the kernel takes.
+_DROPIN_RANGES = {
+    "nf_conntrack_max": (1, MAX_LIMIT),
+    "nf_conntrack_buckets": (1, MAX_BUCKETS),
+    "nf_conntrack_acct": (0, 1),
+    "nf_conntrack_timestamp": (0, 1),
+}
+
+
+def _dropin_key(key: object) -> str:
+    """*key* when it is one of the keys this module owns (dotted form)."""
+    if not isinstance(key, str):
+        raise TypeError("values: a sysctl key must be a str, got %r" % (key,))
+    name = key[len("net.netfilter."):] if key.startswith("net.netfilter.") else ""
+    if name not in _DROPIN_RANGES and not _TIMEOUT_RE.fullmatch(name):
+        raise ValueError("values: %r is not a key this library writes (net.netfilter.nf_conntrack_max, "
+                         "_buckets, _acct, _timestamp or an nf_conntrack_*timeout*)" % (key,))
+    return key
+
+
+def _dropin_value(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("values: %s: expected an int, got %r" % (key, value))
+    name = key[len("net.netfilter."):]
+    lo, hi = _DROPIN_RANGES.get(name, (1, MAX_TIMEOUT))
+    if not lo <= value <= hi:
+        raise ValueError("values: %s: %d is out of the kernel's range %d..%d" % (key, value, lo, hi))
+    return value
+
+
 def write_dropin(values: Mapping[str, int], *, root: str = "/", dropin: str = DEFAULT_DROPIN) -> str:
     """Set *values* (dotted sysctl keys) in our drop-in under <root>/etc/sysctl.d; return its path.
+
+    Only keys this library owns (``net.netfilter.nf_conntrack_max``,
+    ``_buckets``, ``_acct``, ``_timestamp`` and the ``nf_conntrack_*timeout*``
+    keys) and ints in the kernel's range are accepted; anything else raises
+    before a byte is written.
 
     Only our keys change: other lines, comments and keys of the file stay as
     they were, and no other file is touched.  The file is replaced
@@ -483,6 +577,9 @@ def write_dropin(values: Mapping[str, int], *, root: str = "/", dropin: str = DE
     boot sets the same key.
     """
     _check_dropin(dropin)
+    if not isinstance(values, Mapping):
+        raise TypeError("values: expected a mapping of sysctl keys to ints, got %r" % (values,))
+    pending = {_dropin_key(k): _dropin_value(k, v) for k, v in values.items()}  # all checked before any write
     d = _path(root, DROPIN_DIR)
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, dropin)
@@ -495,7 +592,6 @@ def write_dropin(values: Mapping[str, int], *, root: str = "/", dropin: str = DE
     except FileNotFoundError:
         lines = ["# nf_conntrack settings written by pyconntrack (conntrack.sysctl); one key per line."]
         mode = 0o644
-    pending = {k: int(v) for k, v in values.items()}
     wanted = dict(pending)
     out: List[str] = []
     for line in lines:
@@ -662,7 +758,9 @@ __all__ = [
     "is_init_netns",
     "is_proxmox",
     "kernel_default",
+    "load_at_boot",
     "mem_total",
+    "module_is_builtin",
     "read",
     "recommend_max",
     "set_acct",

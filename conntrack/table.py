@@ -3,25 +3,44 @@
 One handle owns one ctnetlink socket in one network namespace.  Dumps and
 counts open a socket of their own for their duration, so a dump can be
 abandoned half-way, and entries can be deleted while a dump runs.
-A handle is not safe to share between threads; open one per thread.
+A handle belongs to the thread (and process) that opened it: using it from
+another thread, or in a child after ``fork()``, raises
+:class:`~conntrack.WrongOwner`; open one per thread.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import threading
+import warnings
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
 
 from . import _binding
-from .enums import Family, Proto, Status, TCPState, parse_family
-from .errors import BulkDeleteError, ConntrackError, ConntrackOSError, from_errno
+from .enums import SETTABLE_STATUS, Family, Proto, Status, TCPState, parse_family, parse_status
+from .errors import (
+    BulkDeleteError,
+    ConntrackError,
+    ConntrackOSError,
+    DeleteInterrupted,
+    DumpInterrupted,
+    HandleClosed,
+    MatchesEverything,
+    NotFound,
+    Unsupported,
+    WrongOwner,
+    from_errno,
+)
 from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, Event, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter, Plan
-from .flow import Flow, entry_fields
+from .flow import Flow, check_create, entry_fields, status_names
 from .netns import NetnsSpec, resolve
+from .top import By, Top, decode, parse_by
 
 
 @dataclass(frozen=True)
@@ -51,7 +70,12 @@ class DeleteResult:
     method: str = "batch"
     """``"flush"`` (one filtered flush in the kernel) or ``"batch"`` (dump, then deletes pinned by id)."""
     exact: bool = True
-    """False when ``deleted`` is estimated from the table's entry counter (a kernel flush reports no count)."""
+    """False when ``deleted`` is estimated from the table's entry counter (a kernel flush reports no count),
+    or when the dump behind a batch delete was interrupted (``interrupted``)."""
+    interrupted: bool = False
+    """True when the kernel flagged the dump behind a batch delete as interrupted (``NLM_F_DUMP_INTR``:
+    the table changed under it), so matching entries may have been missed.  Each delete was still
+    pinned to an entry the filter selected."""
     dry_run: bool = False
     """True when nothing was deleted and ``matched`` lists what would have been."""
     matched: List[Flow] = field(default_factory=list)
@@ -68,31 +92,122 @@ def _lookup_record(target: Union[Flow, Filter, None], kwargs: dict) -> Flow:
     return target
 
 
+_M = TypeVar("_M", bound=Callable[..., Any])
+
+
+def _owned(method: _M) -> _M:
+    """Run *method* only on an open handle, in its owner thread and process,
+    holding the handle's lock (so close() from another thread waits for no one)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Conntrack, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        with self._busy:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                if self._close_pending:
+                    self._close_now()
+
+    return cast(_M, wrapper)
+
+
+def _finalize(sock: _binding.Socket, netns_fd: Optional[int], text: str) -> None:
+    """A handle was collected without close(): free its descriptors and say so."""
+    sock.close()
+    if netns_fd is not None:
+        try:
+            os.close(netns_fd)
+        except OSError:
+            pass
+    warnings.warn("unclosed %s: close it or use `with`" % text, ResourceWarning, stacklevel=2)
+
+
 class Conntrack:
     """A handle on one network namespace's conntrack table.
 
     ``netns`` is None (this process's namespace), a name under /run/netns,
     a path such as /proc/PID/ns/net, or an open file descriptor.  The
     socket is opened inside that namespace; the calling thread is always
-    returned to its own.  Use as a context manager or call :meth:`close`.
-    Not thread-safe.
+    returned to its own.  Use as a context manager or call :meth:`close`;
+    a handle collected unclosed is closed with a ``ResourceWarning``.
+
+    The handle belongs to the thread that opened it: another thread, or a
+    child process after ``fork()``, gets :class:`~conntrack.WrongOwner`
+    (only :meth:`close` works from any thread).  Every request waits at
+    most ``timeout`` seconds for the kernel's answer
+    (:class:`~conntrack.TimedOut`); ``None`` waits forever.
+
+    ``features`` are the kernel-side filters the handle may use; by default
+    :meth:`KernelFeatures.default` (probed once per process, or what
+    ``CONNTRACK_FEATURES`` names).
     """
 
-    def __init__(self, netns: NetnsSpec = None, *, features: Optional[KernelFeatures] = None) -> None:
+    def __init__(self, netns: NetnsSpec = None, *, features: Optional[KernelFeatures] = None,
+                 timeout: Optional[float] = _binding.TIMEOUT) -> None:
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < 2**31 / 1000):
+            raise ValueError("timeout: %r is not a number of seconds > 0 (or None)" % (timeout,))
+        self._closed = True  # until the socket is open (a failed __init__ leaves a closed handle)
+        self._close_pending = False
         self._netns_fd = resolve(netns)
         try:
-            self._sock = _binding.Socket(self._netns_fd)
+            self._sock = _binding.Socket(self._netns_fd, timeout)
         except BaseException:
             if self._netns_fd is not None:
                 os.close(self._netns_fd)
+                self._netns_fd = None
             raise
-        self.features = features if features is not None else KernelFeatures.detect()
+        self._closed = False
+        self._owner = threading.get_ident()
+        self._pid = os.getpid()
+        self._busy = threading.RLock()
+        self._finalizer = weakref.finalize(self, _finalize, self._sock, self._netns_fd,
+                                           "Conntrack handle (netns %r)" % (netns,))
+        self._finalizer.atexit = False
+        self.features = features if features is not None else KernelFeatures.default()
         """The kernel-side filters this handle uses."""
 
     # -- lifetime -------------------------------------------------------------
 
+    def _check(self) -> None:
+        if self._pid != os.getpid():
+            raise WrongOwner("this Conntrack handle was opened in process %d; after fork() open a new "
+                             "one in the child" % self._pid)
+        if self._closed:
+            raise HandleClosed("operation on a closed Conntrack handle")
+        if self._owner != threading.get_ident():
+            raise WrongOwner("this Conntrack handle belongs to the thread that opened it; "
+                             "open one handle per thread")
+        if self._close_pending:
+            self._close_now()
+            raise HandleClosed("operation on a closed Conntrack handle (closed from another thread)")
+
     def close(self) -> None:
-        """Close the socket (and the namespace descriptor).  Idempotent."""
+        """Close the socket (and the namespace descriptor).  Idempotent.
+
+        Works from any thread: while the owner thread is inside a call, the
+        handle closes as soon as that call returns.
+        """
+        if self._closed:
+            return
+        if self._pid != os.getpid():  # a forked child: its copies of the descriptors only
+            self._close_now()
+            return
+        if self._busy.acquire(blocking=False):
+            try:
+                self._close_now()
+            finally:
+                self._busy.release()
+        else:
+            self._close_pending = True
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close_pending = False
+        self._finalizer.detach()
         self._sock.close()
         if self._netns_fd is not None:
             os.close(self._netns_fd)
@@ -100,8 +215,8 @@ class Conntrack:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` has run."""
-        return self._sock.closed
+        """True once :meth:`close` has run (or was asked for from another thread)."""
+        return self._closed or self._close_pending
 
     def __enter__(self) -> Conntrack:
         return self
@@ -124,6 +239,7 @@ class Conntrack:
                 flt = Filter(family=fam, **_filter_kwargs(flt))
         return flt.compile(self.features)
 
+    @_owned
     def dump(
         self,
         filter: Optional[Filter] = None,
@@ -136,20 +252,17 @@ class Conntrack:
 
         ``where`` is an optional Python predicate applied last.  ``prefetch``
         reads the next batch in a second thread while you handle this one.
+        The dump starts at this call.  If the kernel flags it as interrupted
+        (the table changed under it), a :class:`~conntrack.errors.DumpInterrupted`
+        warning follows the last flow.
         """
-        self._sock._p()
         plan = self._plan(filter, family)
-        kf = _binding.kfilter(plan.kernel)
-        uf = _binding.ufilter(plan.user)
-        new = Flow.__new__
-        for b in self._sock.dump(plan.family, kf, uf, prefetch):
-            for i in range(b.n):
-                f = new(Flow)
-                f._b = b
-                f._i = i
-                if where is None or where(f):
-                    yield f
+        state = _binding.DumpState()
+        batches = self._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user),
+                                  prefetch, state)
+        return _flows(batches, where, state)
 
+    @_owned
     def events(
         self,
         filter: Optional[Filter] = None,
@@ -170,10 +283,10 @@ class Conntrack:
         call.  The kernel sends no labels with DESTROY events, so those pass
         a labels filter.
         """
-        self._sock._p()
         plan = self._plan(filter, family)
         return listen(self._netns_fd, plan, types, rcvbuf, idle_timeout)
 
+    @_owned
     def count(self, filter: Optional[Filter] = None, *, family: Union[str, int, Family, None] = None) -> int:
         """Number of entries; with a filter, the number that match.
 
@@ -184,23 +297,50 @@ class Conntrack:
         if filter is None and family is None:
             return self._sock.global_stats()[0]
         plan = self._plan(filter, family)
-        return self._sock.count(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
+        state = _binding.DumpState()
+        n = self._sock.count(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user), state)
+        if state.interrupted:
+            warnings.warn(DumpInterrupted("count: the kernel flagged the dump as interrupted; "
+                                          "the count may be off"), stacklevel=3)
+        return n
 
+    @_owned
     def summary(self, filter: Optional[Filter] = None, *,
                 family: Union[str, int, Family, None] = None) -> Summary:
         """Totals by protocol, TCP state and status from one dump, with no
         Python object per entry (what a monitoring scrape needs)."""
         plan = self._plan(filter, family)
-        total, unreplied, assured, protos, states = self._sock.summary(
-            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
-        tcp_states: Dict[TCPState, int] = {}
-        for value, n in states.items():
-            try:
-                tcp_states[TCPState(value)] = n
-            except ValueError:  # a state newer than this build's headers
-                continue
-        return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
+        return _summary(self._sock.summary(plan.family, _binding.kfilter(plan.kernel),
+                                           _binding.ufilter(plan.user)))
 
+    def top(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
+            family: Union[str, int, Family, None] = None) -> Top:
+        """The *n* most frequent keys among the matching entries (all with
+        ``n=None``), as ``(key, count)`` pairs, most frequent first.
+
+        *by* is a field such as ``"src"``, ``"dport"``, ``"src/24"``, or a
+        tuple such as ``("src", "dport")``; see :mod:`conntrack.top`.  One
+        dump, counted in C in a hash table of distinct keys: no Python
+        object per entry.
+        """
+        return self.top_and_summary(by, n, filter, family=family)[0]
+
+    @_owned
+    def top_and_summary(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
+                        family: Union[str, int, Family, None] = None) -> Tuple[Top, Summary]:
+        """:meth:`top` and :meth:`summary` from the same single dump."""
+        names, parts = parse_by(by)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError("n: expected a positive number of keys or None, got %r" % (n,))
+        plan = self._plan(filter, family)
+        counts, summary = self._sock.top(
+            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user), parts,
+            2**31 - 1 if n is None else n)
+        assert counts is not None
+        rows, distinct = counts
+        return decode(names, parts, rows, summary[0], distinct), _summary(summary)
+
+    @_owned
     def get(self, flow: Optional[Flow] = None, **keywords: Any) -> Flow:
         """The current entry for a flow's original tuple (and zone).
 
@@ -214,14 +354,65 @@ class Conntrack:
 
     # -- writing ----------------------------------------------------------------
 
+    @_owned
     def create(self, flow: Flow) -> None:
-        """Insert a new entry.  Raises :class:`conntrack.Exists` if it is there."""
+        """Insert a new entry.  Raises :class:`conntrack.Exists` if it is there.
+
+        A reply tuple that is not the inverse of the original one makes a NAT
+        entry (``conntrack -I --dst-nat/--src-nat``): the kernel translates it
+        and sets DST_NAT/SRC_NAT.  Status bits: a create sets SEEN_REPLY,
+        ASSURED, FIXED_TIMEOUT and HELPER; CONFIRMED and the NAT bits the tuples
+        imply are the kernel's and accepted; any other bit raises ``ValueError``
+        before anything is sent.  A flow with labels or NAT is read back: when
+        the kernel dropped the labels (no connlabel storage in the namespace:
+        ``ENOSPC``) or translated otherwise than asked (:class:`ConntrackError`),
+        the new entry is deleted again and the call raises.
+        """
         if not isinstance(flow, Flow):
             raise TypeError("create: expected a Flow, got %r" % (flow,))
         if flow.timeout is None:
             raise ValueError("timeout: required to create a flow")
-        self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
+        check_create(flow)
+        _check_creatable(flow)
+        try:
+            self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
+        except ConntrackOSError as exc:
+            if exc.errno in (errno.ENOMEM, errno.ENOSPC):
+                raise self._insert_refused(exc.errno, "create of %s" % flow) from None
+            raise
+        nat = flow._nat_bits()
+        labels = flow.labels
+        if not nat and not labels:
+            return
+        got = self.get(flow)
+        problem: Optional[Exception] = None
+        if labels and got.labels != labels:
+            problem = from_errno(errno.ENOSPC, "create: labels: the kernel kept %s of %s: this network "
+                                 "namespace keeps no connlabels (load a ruleset that uses `ct label` first)"
+                                 % (sorted(got.labels), sorted(labels)))
+        elif nat and (got.reply[:4] != flow.reply[:4] or got.status & nat != nat):
+            problem = ConntrackError("create: asked for NAT to reply %s, the kernel made %s (status %s)"
+                                     % (flow.reply, got.reply, status_names(got.status)))
+        if problem is not None:
+            try:  # pinned to the new entry's id: never another one
+                self._sock.request(_binding.MSG_DELETE, 0, got._b, got._i, "delete")
+            except NotFound:
+                pass
+            raise problem
 
+    def _insert_refused(self, err: int, what: str) -> OSError:
+        """The error for a create the kernel refused for want of room, saying which room, with numbers."""
+        try:
+            count, limit = self._sock.global_stats()
+            totals: Dict[str, int] = {}
+            for row in self._sock.cpu_stats():
+                for k, v in row.items():
+                    totals[k] = totals.get(k, 0) + v
+        except OSError:
+            return from_errno(err, what)
+        return from_errno(err, insert_refused_text(err, what, count, limit, totals, _buckets()))
+
+    @_owned
     def update(
         self,
         flow: Flow,
@@ -233,11 +424,15 @@ class Conntrack:
     ) -> None:
         """Change an existing entry's mark, timeout, status bits or labels.
 
-        Only the values given are sent.  Status bits can only be added (the
-        kernel refuses to clear SEEN_REPLY, ASSURED or CONFIRMED).  Labels
+        Only the values given are sent.  ``status`` adds bits, as ``conntrack -U
+        -u`` does: the call reads the entry and sends its current bits OR the
+        given ones (the kernel refuses a status that drops CONFIRMED, SEEN_REPLY
+        or ASSURED).  Only SEEN_REPLY, ASSURED, FIXED_TIMEOUT and HELPER can be
+        added; asking for another bit the entry does not have already raises
+        ``ValueError`` (the kernel would ignore it).  Labels
         need connlabel storage in the namespace (a ruleset that uses
-        ``ct label``); without it the kernel refuses them (ENOSPC) and drops
-        them silently on create.
+        ``ct label``); without it the kernel refuses them (ENOSPC; on create it
+        drops them, and :meth:`create` raises).
         Raises :class:`conntrack.NotFound` when the entry is gone.
         """
         if not isinstance(flow, Flow):
@@ -246,46 +441,84 @@ class Conntrack:
         has = _binding.HAS
         if not present:
             raise ValueError("update: give at least one of mark, timeout, status, labels")
-        b = _binding.single()
         orig = flow._b.tuple(flow._i, "orig")
-        b.set_tuple(0, "orig", orig)
         # CTA_ZONE only for a zone of both directions: a reply-only zone
         # (zone-reply=N) is not part of the original tuple's lookup key
         if flow.zone and orig[10] is None and flow._b.tuple(flow._i, "reply")[10] is None:
             fields["zone"] = flow.zone
             present |= has["zone"]
-        b.set_fields(0, present | has["orig"], fields)
-        try:
-            self._sock.request(_binding.MSG_NEW, 0, b, 0, "update")
-        except ConntrackOSError as exc:
-            if labels is not None and exc.errno == errno.ENOSPC:
-                raise from_errno(errno.ENOSPC, "update: labels: this network namespace keeps no "
-                                 "connlabels (load a ruleset that uses `ct label` first)") from None
-            raise
+        for attempt in range(3):
+            if status is not None:
+                current = int(self.get(flow).status)
+                wanted = int(parse_status(status))
+                bad = wanted & ~current & ~int(SETTABLE_STATUS)
+                if bad:
+                    raise ValueError("status: update can add only %s; the kernel would ignore %s"
+                                     % (status_names(SETTABLE_STATUS), status_names(bad)))
+                fields["status"] = current | wanted
+            b = _binding.single()
+            b.set_tuple(0, "orig", orig)
+            b.set_fields(0, present | has["orig"], fields)
+            try:
+                self._sock.request(_binding.MSG_NEW, 0, b, 0, "update")
+                return
+            except ConntrackOSError as exc:
+                if labels is not None and exc.errno == errno.ENOSPC:
+                    raise from_errno(errno.ENOSPC, "update: labels: this network namespace keeps no "
+                                     "connlabels (load a ruleset that uses `ct label` first)") from None
+                # EBUSY: the entry gained a bit (SEEN_REPLY, ASSURED) since we read it
+                if status is None or exc.errno != errno.EBUSY or attempt == 2:
+                    raise
 
+    @_owned
     def delete(
         self,
         target: Union[Flow, Filter, None] = None,
         *,
         dry_run: bool = False,
+        all: bool = False,
         **keywords: Any,
     ) -> DeleteResult:
         """Delete one flow, or every flow a :class:`Filter` matches.
 
-        A flow read from the kernel is deleted only if it is still the same
-        entry (its id); a flow built by hand by its tuple and zone.  One
-        flow that is gone raises :class:`conntrack.NotFound`.
+        A flow read from the kernel carries its entry id and is deleted only
+        if an entry with that tuple and that id is there; a flow built by
+        hand is deleted by its tuple and zone.  The id is a hash of the
+        entry's kernel address and tuple: it tells an entry from a
+        replacement that got different memory, not from one that reused the
+        same memory (then the id is the same and the replacement is
+        deleted).  One flow that is gone raises :class:`conntrack.NotFound`.
 
         With a filter: one filtered flush when the kernel can express the
         whole filter, else a dump with the kernel-side part and batched
         deletes pinned to each entry's id.  Entries that vanish meanwhile are
         counted, not errors.  ``dry_run=True`` deletes nothing and returns
         the matching flows in ``matched``.
+
+        A filter that matches every entry (:attr:`Filter.matches_everything`,
+        e.g. ``Filter()`` or ``mark="0/0"``) raises
+        :class:`~conntrack.MatchesEverything` unless ``all=True``;
+        ``delete(all=True)`` with no filter empties the table, as
+        :meth:`flush` does.  Ctrl-C during a bulk delete raises
+        :class:`~conntrack.DeleteInterrupted` (a ``KeyboardInterrupt``)
+        whose ``result`` says what was deleted.
         """
+        if all and not isinstance(all, bool):
+            raise TypeError("all: expected True or False, got %r" % (all,))
+        if target is None and not keywords and all:
+            target = Filter()
         if isinstance(target, Filter):
             if keywords:
                 raise TypeError("give either a Filter or keywords, not both")
+            if target.matches_everything and not all:
+                raise MatchesEverything(
+                    "delete: %r matches every entry; pass all=True (or call flush()) to empty the table"
+                    % (target,))
+            if all and not target.matches_everything:
+                raise ValueError("all=True: means every entry; leave it out to delete what the filter matches")
             return self._bulk_delete(target, dry_run)
+        if all:
+            raise ValueError("all=True: goes with no target (or a Filter), not with one flow")
         f = _lookup_record(target, keywords)
         if dry_run:
             try:
@@ -303,28 +536,65 @@ class Conntrack:
             return DeleteResult(dry_run=True, method="flush" if plan.flush_ok else "batch",
                                 matched=list(self.dump(flt)))
         if plan.flush_ok:
-            before = self._sock.global_stats()[0]
-            self._sock.flush(plan.family, kf)
-            after = self._sock.global_stats()[0]
-            return DeleteResult(deleted=max(before - after, 0), method="flush", exact=False)
-        result = DeleteResult()
-        for b in self._sock.dump(plan.family, kf, uf, prefetch=True):
-            try:
-                deleted, vanished, failed, err, index = self._sock.batch(_binding.MSG_DELETE, 0, b, pin_id=True)
-            except OSError as broken:  # the socket failed part-way: say what was done
-                raise BulkDeleteError(
-                    "bulk delete stopped after %d deletions: %s" % (result.deleted, broken), result
-                ) from broken
-            result.deleted += deleted
-            result.vanished += vanished
-            if failed:
-                flow = Flow._from_batch(b, index)
-                exc = from_errno(err, "delete of %s" % flow)
-                raise BulkDeleteError(
-                    "bulk delete stopped after %d deletions: %s" % (result.deleted, exc), result
-                ) from exc
-        return result
+            return self._flush(plan.family, kf)
+        # Counts live in C memory filled by each batch call (a Tally allocated
+        # before the call), so an interrupt at any point still finds them.
+        tallies: List[_binding.Tally] = []
+        state = _binding.DumpState()
 
+        def so_far() -> DeleteResult:
+            r = DeleteResult()
+            for t in tallies:
+                done, vanished = t.values()[:2]
+                r.deleted += done
+                r.vanished += vanished
+            if state.interrupted:
+                r.interrupted, r.exact = True, False
+            return r
+
+        try:
+            for b in self._sock.dump(plan.family, kf, uf, True, state):
+                tally = _binding.Tally()
+                tallies.append(tally)
+                try:
+                    _deleted, _vanished, failed, err, index = self._sock.batch(
+                        _binding.MSG_DELETE, 0, b, pin_id=True, tally=tally)
+                except OSError as broken:  # the socket failed part-way: say what was done
+                    result = so_far()
+                    raise BulkDeleteError(
+                        "bulk delete stopped after %d deletions: %s" % (result.deleted, broken), result
+                    ) from broken
+                if failed:
+                    result = so_far()
+                    flow = Flow._from_batch(b, index)
+                    exc = from_errno(err, "delete of %s" % flow)
+                    raise BulkDeleteError(
+                        "bulk delete stopped after %d deletions: %s" % (result.deleted, exc), result
+                    ) from exc
+        except KeyboardInterrupt as stop:
+            result = so_far()
+            raise DeleteInterrupted("bulk delete interrupted after %d deletions" % result.deleted,
+                                    result) from stop
+        return so_far()
+
+    def _flush(self, family: int, kf: Any) -> DeleteResult:
+        """One flush request; the count is the change of the entry counter."""
+        before = None
+        try:
+            before = self._sock.global_stats()[0]
+            self._sock.flush(family, kf)
+            after = self._sock.global_stats()[0]
+        except KeyboardInterrupt as stop:
+            result = DeleteResult(method="flush", exact=False)
+            if before is not None:  # the flush itself is one kernel call: done, or not sent
+                try:
+                    result.deleted = max(before - self._sock.global_stats()[0], 0)
+                except BaseException:
+                    pass
+            raise DeleteInterrupted("flush interrupted", result) from stop
+        return DeleteResult(deleted=max(before - after, 0), method="flush", exact=False)
+
+    @_owned
     def flush(self, family: Union[str, int, Family, None] = None) -> DeleteResult:
         """Delete every entry (of one family when given).
 
@@ -332,16 +602,16 @@ class Conntrack:
         the other family.
         """
         if family is None:
-            before = self._sock.global_stats()[0]
-            self._sock.flush(0, _binding.kfilter({}))
-            after = self._sock.global_stats()[0]
-            return DeleteResult(deleted=max(before - after, 0), method="flush", exact=False)
+            return self._flush(0, _binding.kfilter({}))
         return self._bulk_delete(Filter(family=family), dry_run=False)
 
+    @_owned
     def create_many(self, flows: Iterable[Flow], *, chunk: int = 4096) -> int:
         """Insert many new entries, many requests per system call.
 
-        Returns how many were created.  At the first refusal it raises the
+        Returns how many were created.  Status bits and NAT follow
+        :meth:`create`, but nothing is read back: use :meth:`create` for flows
+        with labels.  At the first refusal it raises the
         matching :class:`conntrack.ConntrackOSError` subclass (for example
         :class:`conntrack.Exists`), naming the flow; the rest of that chunk
         is still sent, entries created stay, and the exception's ``created``
@@ -362,7 +632,11 @@ class Conntrack:
                 raise
             created += done
             if failed:
-                refusal = from_errno(err, "create of %s (after %d created)" % (Flow._from_batch(b, index), created))
+                what = "create of %s (after %d created)" % (Flow._from_batch(b, index), created)
+                if err in (errno.ENOMEM, errno.ENOSPC):
+                    refusal = self._insert_refused(err, what)
+                else:
+                    refusal = from_errno(err, what)
                 refusal.created = created  # type: ignore[attr-defined]
                 raise refusal
 
@@ -371,6 +645,8 @@ class Conntrack:
                 raise TypeError("create_many: expected Flow objects, got %r" % (f,))
             if f.timeout is None:
                 raise ValueError("timeout: required to create a flow (%s)" % f)
+            check_create(f)
+            _check_creatable(f)
             pending.append((f._b, f._i))
             if len(pending) >= chunk:
                 send()
@@ -380,12 +656,14 @@ class Conntrack:
 
     # -- statistics -------------------------------------------------------------
 
+    @_owned
     def stats(self) -> List[Dict[str, int]]:
         """Per-CPU conntrack statistics over netlink (found, invalid, insert,
         insert_failed, drop, early_drop, error, search_restart,
         clash_resolve, chaintoolong), one dict per CPU with a ``cpu`` key."""
         return self._sock.cpu_stats()
 
+    @_owned
     def limit(self) -> int:
         """The table's size limit as the kernel reports it (nf_conntrack_max)."""
         return self._sock.global_stats()[1]
@@ -395,11 +673,96 @@ class Conntrack:
         return "<Conntrack %s %s>" % (state, self.features)
 
 
+def _buckets() -> Optional[int]:
+    """nf_conntrack_buckets (one hash table for every namespace, so readable from this one)."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_buckets") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def insert_refused_text(err: int, what: str, count: int, limit: int, totals: Dict[str, int],
+                        buckets: Optional[int]) -> str:
+    """What a create refused with ENOMEM or ENOSPC means, with the numbers and what to do.
+
+    The kernel answers ENOMEM when the namespace's table is full (it also
+    logs "nf_conntrack: table full, dropping packet" and drops new flows'
+    packets meanwhile), and ENOSPC when the entry's hash bucket already
+    holds too long a chain (statistic ``chaintoolong``): many entries, few
+    buckets, and the bucket array is shared by every namespace.
+    """
+    stats = "chaintoolong %d, insert_failed %d, drop %d, early_drop %d in this namespace since it was made" % (
+        totals.get("chaintoolong", 0), totals.get("insert_failed", 0), totals.get("drop", 0),
+        totals.get("early_drop", 0))
+    if err == errno.ENOSPC:
+        return ("%s: no space: a hash chain is too long (the kernel refuses to grow one bucket's chain "
+                "further; %s). %d entries here (limit %d); %s buckets for every namespace's entries. "
+                "Raise the hash size (pyconntrack set-hashsize N, one bucket per entry keeps chains short) "
+                "or delete entries (pyconntrack top shows who fills the table)"
+                % (what, stats, count, limit, buckets if buckets is not None else "?"))
+    if limit and count >= limit:
+        return ("%s: the table is full: %d of %d entries (nf_conntrack_max); new flows are dropped too (%s). "
+                "Raise the limit (pyconntrack set-max N from the host; pyconntrack limits --recommend) or "
+                "delete entries (pyconntrack top shows who fills the table; pyconntrack delete --unreplied)"
+                % (what, count, limit, stats))
+    return "%s: out of memory (%d of %d entries; %s)" % (what, count, limit, stats)
+
+
+def _summary(values: _binding.SummaryValues) -> Summary:
+    total, unreplied, assured, protos, states = values
+    tcp_states: Dict[TCPState, int] = {}
+    for value, n in states.items():
+        try:
+            tcp_states[TCPState(value)] = n
+        except ValueError:  # a state newer than this build's headers
+            continue
+    return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
+
+
+_DCCP_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_dccp_timeout_open"
+
+
+@functools.lru_cache(maxsize=1)
+def dccp_keeps_ports() -> bool:
+    """Whether the kernel tracks DCCP with ports.  Kernels from 6.16 dropped
+    DCCP tracking: a DCCP entry is tracked like an unknown protocol, its ports
+    are dropped on create (so a second flow between the same hosts is a
+    duplicate).  The DCCP sysctls exist only while the kernel tracks DCCP."""
+    return os.path.exists(_DCCP_SYSCTL)
+
+
+def _check_creatable(flow: Flow) -> None:
+    """Refuse what the kernel would silently drop from a new entry."""
+    if flow.proto == Proto.dccp and not dccp_keeps_ports():
+        ports = (flow.orig.sport, flow.orig.dport, flow.reply.sport, flow.reply.dport)
+        if any(ports):
+            raise Unsupported(errno.EOPNOTSUPP, "create: this kernel tracks DCCP without ports (DCCP tracking "
+                              "was removed in 6.16), so ports %s would be dropped; give sport=0 and dport=0"
+                              % "/".join(str(p or 0) for p in ports[:2]))
+
+
+def _flows(batches: Iterator[_binding.Batch], where: Optional[Callable[[Flow], bool]],
+           state: _binding.DumpState) -> Iterator[Flow]:
+    new = Flow.__new__
+    for b in batches:
+        for i in range(b.n):
+            f = new(Flow)
+            f._b = b
+            f._i = i
+            if where is None or where(f):
+                yield f
+    if state.interrupted:
+        warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
+                                      "under it); entries may be missing or repeated"), stacklevel=2)
+
+
 def _filter_kwargs(flt: Filter) -> dict:
     """The keywords that rebuild *flt* (used to add a family)."""
     out: dict = {}
     for name in ("proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport", "state",
-                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone"):
+                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone",
+                 "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat"):
         value = getattr(flt, name)
         if value is not None:
             out[name] = value

@@ -24,6 +24,7 @@
 #include <arpa/inet.h>
 #include <endian.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <netinet/in.h>
 #include <linux/netlink.h>
 #include <libmnl/libmnl.h>
@@ -57,6 +58,7 @@ struct ctpy_sock {
     size_t off;
     int max_inflight;       /* requests per sendmsg whose acks fit rcvbuf */
     int overflow;           /* events: ENOBUFS seen, queue not yet drained */
+    int dump_intr;          /* a message of this dump had NLM_F_DUMP_INTR */
 };
 
 /* What one queued acknowledgement costs in sk_rmem_alloc (skb truesize of
@@ -157,6 +159,28 @@ struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err)
     s->seq = (uint32_t)getpid() ^ (uint32_t)(uintptr_t)s;
     s->done = 1;
     return s;
+}
+
+/* Bound every blocking recv (request/acknowledge exchanges, dumps): a
+ * kernel that never answers makes recv fail with EAGAIN instead of hanging.
+ * ms <= 0: wait forever. */
+int ctpy_set_timeout(struct ctpy_sock *s, int ms)
+{
+    struct timeval tv = {0, 0};
+
+    if (ms > 0) {
+        tv.tv_sec = ms / 1000;
+        tv.tv_usec = (ms % 1000) * 1000;
+    }
+    if (setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+        return -errno;
+    return 0;
+}
+
+/* The socket's descriptor (tests inspect it; nothing else uses it). */
+int ctpy_sock_fd(const struct ctpy_sock *s)
+{
+    return s->fd;
 }
 
 void ctpy_close(struct ctpy_sock *s)
@@ -635,9 +659,60 @@ static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
     return (p & CTPY_HAS_ORIG) ? 0 : -1;
 }
 
+static int has_ports(uint8_t proto);
+
+/* A create whose reply tuple is not the inverse of the original one asks
+ * for NAT, as conntrack -I --src-nat/--dst-nat does: send the inverse as
+ * the reply tuple plus CTA_NAT_DST (where the reply comes from) and
+ * CTA_NAT_SRC (where it goes to); the kernel's NAT core then sets the
+ * reply tuple and the SRC_NAT/DST_NAT status bits itself.  (A NAT'd reply
+ * tuple sent as is would be kept without any NAT status.) */
+static void set_reply_or_nat(struct nf_conntrack *ct, const struct ctpy_record *r)
+{
+    const struct ctpy_tuple *o = &r->orig, *y = &r->reply;
+    struct ctpy_tuple inv = *y;
+    int n = o->family == AF_INET ? 4 : 16;
+    int ports = has_ports(o->proto);
+    int dnat = memcmp(y->src, o->dst, n) || (ports && y->sport != o->dport);
+    int snat = memcmp(y->dst, o->src, n) || (ports && y->dport != o->sport);
+    uint32_t a;
+
+    if (!dnat && !snat) {
+        set_tuple(ct, 1, y);
+        return;
+    }
+    memcpy(inv.src, o->dst, n);
+    memcpy(inv.dst, o->src, n);
+    if (ports) {
+        inv.sport = o->dport;
+        inv.dport = o->sport;
+    }
+    set_tuple(ct, 1, &inv);
+    if (dnat) {
+        if (n == 4) {
+            memcpy(&a, y->src, 4);
+            nfct_set_attr_u32(ct, ATTR_DNAT_IPV4, a);
+        } else {
+            nfct_set_attr(ct, ATTR_DNAT_IPV6, y->src);
+        }
+        if (ports)
+            nfct_set_attr_u16(ct, ATTR_DNAT_PORT, htons(y->sport));
+    }
+    if (snat) {
+        if (n == 4) {
+            memcpy(&a, y->dst, 4);
+            nfct_set_attr_u32(ct, ATTR_SNAT_IPV4, a);
+        } else {
+            nfct_set_attr(ct, ATTR_SNAT_IPV6, y->dst);
+        }
+        if (ports)
+            nfct_set_attr_u16(ct, ATTR_SNAT_PORT, htons(y->dport));
+    }
+}
+
 /* Set on ct what the record says is present (for create/update/get/delete). */
 static int record_to_ct(const struct ctpy_record *r, const char *pool,
-                        struct nf_conntrack *ct, int lookup_only)
+                        struct nf_conntrack *ct, int lookup_only, int create)
 {
     uint32_t p = r->present;
 
@@ -648,10 +723,15 @@ static int record_to_ct(const struct ctpy_record *r, const char *pool,
         nfct_set_attr_u16(ct, ATTR_ZONE, r->zone);
     if (lookup_only)
         return 0; /* get and delete: the tuple and the zone name the entry */
-    if (p & CTPY_HAS_REPLY)
+    if ((p & CTPY_HAS_REPLY) && create)
+        set_reply_or_nat(ct, r);
+    else if (p & CTPY_HAS_REPLY)
         set_tuple(ct, 1, &r->reply);
+    /* A create sends only the bits a user may set; the kernel sets
+     * CONFIRMED and the NAT bits itself (Python checked the rest). */
     if (p & CTPY_HAS_STATUS)
-        nfct_set_attr_u32(ct, ATTR_STATUS, r->status);
+        nfct_set_attr_u32(ct, ATTR_STATUS,
+                          create ? r->status & ~(uint32_t)IPS_UNCHANGEABLE_MASK : r->status);
     if (p & CTPY_HAS_TIMEOUT)
         nfct_set_attr_u32(ct, ATTR_TIMEOUT, r->timeout);
     if (p & CTPY_HAS_MARK)
@@ -702,7 +782,8 @@ static int build_request(char *buf, uint8_t msg, uint16_t flags,
     if (!ct)
         return -ENOMEM;
     nlh = put_header(buf, msg, flags, r->orig.family, 0, seq);
-    err = record_to_ct(r, pool, ct, msg != IPCTNL_MSG_CT_NEW);
+    err = record_to_ct(r, pool, ct, msg != IPCTNL_MSG_CT_NEW,
+                       msg == IPCTNL_MSG_CT_NEW && (flags & NLM_F_CREATE));
     if (err == 0 && nfct_nlmsg_build(nlh, ct) < 0)
         err = -EINVAL;
     nfct_destroy(ct);
@@ -736,6 +817,32 @@ static int has_ports(uint8_t proto)
     return proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
            proto == IPPROTO_UDPLITE || proto == IPPROTO_SCTP ||
            proto == IPPROTO_DCCP;
+}
+
+/* conntrack(8)'s --src-nat/--dst-nat test: the NAT_DONE bit is set and the
+ * reply tuple's address (and, for port protocols, port) differs from the
+ * original's; with an address or port given, the translated one equals it. */
+static int nat_match(const struct ctpy_nat *m, const struct ctpy_record *r, int src)
+{
+    const struct ctpy_tuple *o = &r->orig, *y = &r->reply;
+    int n = o->family == AF_INET ? 4 : 16;
+    const uint8_t *now = src ? y->dst : y->src;
+    const uint8_t *was = src ? o->src : o->dst;
+    uint16_t pnow = src ? y->dport : y->sport;
+    uint16_t pwas = src ? o->sport : o->dport;
+    int addr_nat, port_nat;
+
+    if (!(r->status & (src ? IPS_SRC_NAT_DONE : IPS_DST_NAT_DONE)))
+        return 0;
+    addr_nat = memcmp(now, was, n) != 0;
+    port_nat = has_ports(o->proto) && pnow != pwas;
+    if (m->has_addr && (m->family != o->family || !addr_nat || memcmp(now, m->addr, n)))
+        return 0;
+    if (m->has_port && (!port_nat || pnow != m->port))
+        return 0;
+    if (!m->has_addr && !m->has_port)
+        return addr_nat || port_nat;
+    return 1;
 }
 
 int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r)
@@ -772,6 +879,16 @@ int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r)
     if ((w & CTPY_F_REPLY_SRC) && !cidr_match(&f->reply_src, &r->reply, r->reply.src))
         return 0;
     if ((w & CTPY_F_REPLY_DST) && !cidr_match(&f->reply_dst, &r->reply, r->reply.dst))
+        return 0;
+    if ((w & CTPY_F_ORIG_ZONE) && (!o->has_zone || o->zone != f->orig_zone))
+        return 0;
+    if ((w & CTPY_F_REPLY_ZONE) && (!r->reply.has_zone || r->reply.zone != f->reply_zone))
+        return 0;
+    if ((w & CTPY_F_SRC_NAT) && !nat_match(&f->src_nat, r, 1))
+        return 0;
+    if ((w & CTPY_F_DST_NAT) && !nat_match(&f->dst_nat, r, 0))
+        return 0;
+    if ((w & CTPY_F_ANY_NAT) && !nat_match(&f->any_nat, r, 1) && !nat_match(&f->any_nat, r, 0))
         return 0;
     if (w & CTPY_F_LABELS) {
         int i;
@@ -863,6 +980,7 @@ int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
         return err;
     s->dumping = 1;
     s->done = 0;
+    s->dump_intr = 0;
     s->len = s->off = 0;
     return 0;
 }
@@ -870,6 +988,14 @@ int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
 int ctpy_dump_done(const struct ctpy_sock *s)
 {
     return s->done;
+}
+
+/* Non-zero when the kernel flagged a message of the current (or last) dump
+ * with NLM_F_DUMP_INTR: the table changed under the dump, so it may have
+ * missed or repeated entries. */
+int ctpy_dump_interrupted(const struct ctpy_sock *s)
+{
+    return s->dump_intr;
 }
 
 /* Walk the dump.  Each matching entry goes to out[] (and its strings to
@@ -913,6 +1039,8 @@ static int dump_walk(struct ctpy_sock *s, const struct ctpy_filter *uf,
             s->off += NLMSG_ALIGN(nlh->nlmsg_len); /* stale reply */
             continue;
         }
+        if (nlh->nlmsg_flags & NLM_F_DUMP_INTR)
+            s->dump_intr = 1;
         if (nlh->nlmsg_type == NLMSG_DONE) {
             s->off += NLMSG_ALIGN(nlh->nlmsg_len);
             s->dumping = 0;
@@ -1048,29 +1176,307 @@ int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
     return 0;
 }
 
+static void summary_add(struct ctpy_summary *out, const struct ctpy_record *r)
+{
+    out->total++;
+    if (!(r->status & IPS_SEEN_REPLY))
+        out->unreplied++;
+    if (r->status & IPS_ASSURED)
+        out->assured++;
+    out->by_proto[r->orig.proto]++;
+    if (r->orig.proto == IPPROTO_TCP && (r->present & CTPY_HAS_STATE) && r->state < 32)
+        out->tcp_states[r->state]++;
+}
+
 int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
                       struct ctpy_summary *out)
 {
+    return ctpy_dump_top(s, uf, NULL, out);
+}
+
+/* Top talkers: one dump, each matching entry counted under a key built
+ * from its fields, in an open-addressing hash table of distinct keys (the
+ * memory is bounded by the keys, not by the entries).  A key is the
+ * concatenation of its parts, packed:
+ *   CTPY_TOP_SRC/DST  family (1) + address masked to the prefix (16)
+ *   CTPY_TOP_SPORT/DPORT  has-port (1) + port, host order (2)
+ *   CTPY_TOP_PROTO  protocol (1); CTPY_TOP_FAMILY  family (1)
+ *   CTPY_TOP_STATE  protocol (1) + has-state (1) + state (1), all 0 without one
+ *   CTPY_TOP_ZONE  zone (2); CTPY_TOP_MARK  mark (4)
+ * A slot is a uint64_t count (0: empty) followed by the key. */
+struct ctpy_top {
+    struct ctpy_topspec spec;
+    size_t keylen;
+    size_t slot;            /* bytes per slot, a multiple of 8 */
+    size_t cap;             /* slots, a power of two */
+    size_t used;
+    uint64_t total;
+    char *slots;
+};
+
+static size_t top_part_len(uint8_t kind)
+{
+    switch (kind) {
+    case CTPY_TOP_SRC: case CTPY_TOP_DST: return 17;
+    case CTPY_TOP_SPORT: case CTPY_TOP_DPORT: case CTPY_TOP_STATE: return 3;
+    case CTPY_TOP_PROTO: case CTPY_TOP_FAMILY: return 1;
+    case CTPY_TOP_ZONE: return 2;
+    case CTPY_TOP_MARK: return 4;
+    }
+    return 0;
+}
+
+int ctpy_top_keylen(const struct ctpy_topspec *spec)
+{
+    size_t len = 0;
+    int i;
+
+    if (spec->n == 0 || spec->n > CTPY_TOP_MAXPARTS)
+        return -EINVAL;
+    for (i = 0; i < spec->n; i++) {
+        size_t l = top_part_len(spec->kind[i]);
+        if (!l || spec->plen4[i] > 32 || spec->plen6[i] > 128)
+            return -EINVAL;
+        len += l;
+    }
+    return (int)len;
+}
+
+struct ctpy_top *ctpy_top_new(const struct ctpy_topspec *spec)
+{
+    struct ctpy_top *t;
+    int len = ctpy_top_keylen(spec);
+
+    if (len < 0)
+        return NULL;
+    t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->spec = *spec;
+    t->keylen = (size_t)len;
+    t->slot = (8 + t->keylen + 7) & ~(size_t)7;
+    t->cap = 1024;
+    t->slots = calloc(t->cap, t->slot);
+    if (!t->slots) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void ctpy_top_free(struct ctpy_top *t)
+{
+    if (t) {
+        free(t->slots);
+        free(t);
+    }
+}
+
+uint64_t ctpy_top_total(const struct ctpy_top *t)
+{
+    return t->total;
+}
+
+uint64_t ctpy_top_distinct(const struct ctpy_top *t)
+{
+    return t->used;
+}
+
+static void top_addr(uint8_t *k, const struct ctpy_tuple *o, const uint8_t *addr,
+                     uint8_t plen4, uint8_t plen6)
+{
+    int n = o->family == AF_INET ? 4 : 16;
+    int bits = o->family == AF_INET ? plen4 : plen6;
+    int i;
+
+    k[0] = o->family;
+    memset(k + 1, 0, 16);
+    for (i = 0; i < n && bits > 0; i++, bits -= 8)
+        k[1 + i] = bits >= 8 ? addr[i] : (uint8_t)(addr[i] & (0xff00 >> bits));
+}
+
+static void top_key(const struct ctpy_top *t, const struct ctpy_record *r, uint8_t *k)
+{
+    const struct ctpy_tuple *o = &r->orig;
+    int i;
+
+    for (i = 0; i < t->spec.n; i++) {
+        uint8_t kind = t->spec.kind[i];
+        uint16_t u16;
+        switch (kind) {
+        case CTPY_TOP_SRC:
+            top_addr(k, o, o->src, t->spec.plen4[i], t->spec.plen6[i]);
+            break;
+        case CTPY_TOP_DST:
+            top_addr(k, o, o->dst, t->spec.plen4[i], t->spec.plen6[i]);
+            break;
+        case CTPY_TOP_SPORT:
+        case CTPY_TOP_DPORT:
+            k[0] = (uint8_t)has_ports(o->proto);
+            u16 = k[0] ? (kind == CTPY_TOP_SPORT ? o->sport : o->dport) : 0;
+            memcpy(k + 1, &u16, 2);
+            break;
+        case CTPY_TOP_PROTO:
+            k[0] = o->proto;
+            break;
+        case CTPY_TOP_FAMILY:
+            k[0] = o->family;
+            break;
+        case CTPY_TOP_STATE: /* one "no state" key whatever the protocol */
+            k[1] = (r->present & CTPY_HAS_STATE) && (o->proto == IPPROTO_TCP ||
+                   o->proto == IPPROTO_SCTP || o->proto == IPPROTO_DCCP);
+            k[0] = k[1] ? o->proto : 0;
+            k[2] = k[1] ? r->state : 0;
+            break;
+        case CTPY_TOP_ZONE:
+            memcpy(k, &r->zone, 2);
+            break;
+        case CTPY_TOP_MARK:
+            memcpy(k, &r->mark, 4);
+            break;
+        }
+        k += top_part_len(kind);
+    }
+}
+
+static uint64_t top_hash(const uint8_t *k, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        h ^= k[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+/* The slot holding key k, or the empty slot where it goes. */
+static char *top_find(char *slots, size_t cap, size_t slot, size_t keylen, const uint8_t *k)
+{
+    size_t i = (size_t)top_hash(k, keylen) & (cap - 1);
+
+    for (;;) {
+        char *e = slots + i * slot;
+        uint64_t c;
+        memcpy(&c, e, 8);
+        if (!c || !memcmp(e + 8, k, keylen))
+            return e;
+        i = (i + 1) & (cap - 1);
+    }
+}
+
+static int top_grow(struct ctpy_top *t)
+{
+    size_t cap = t->cap * 2, i;
+    char *slots = calloc(cap, t->slot);
+
+    if (!slots)
+        return -ENOMEM;
+    for (i = 0; i < t->cap; i++) {
+        char *e = t->slots + i * t->slot;
+        uint64_t c;
+        memcpy(&c, e, 8);
+        if (c)
+            memcpy(top_find(slots, cap, t->slot, t->keylen, (uint8_t *)e + 8), e, t->slot);
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->cap = cap;
+    return 0;
+}
+
+static int top_add(struct ctpy_top *t, const struct ctpy_record *r)
+{
+    uint8_t k[CTPY_TOP_MAXPARTS * 17];
+    char *e;
+    uint64_t c;
+
+    top_key(t, r, k);
+    e = top_find(t->slots, t->cap, t->slot, t->keylen, k);
+    memcpy(&c, e, 8);
+    if (!c) {
+        if ((t->used + 1) * 10 > t->cap * 7) {
+            int err = top_grow(t);
+            if (err)
+                return err;
+            e = top_find(t->slots, t->cap, t->slot, t->keylen, k);
+        }
+        memcpy(e + 8, k, t->keylen);
+        t->used++;
+    }
+    c++;
+    memcpy(e, &c, 8);
+    t->total++;
+    return 0;
+}
+
+/* The counting dump behind summary() and top(): each matching entry goes
+ * into the summary and/or the key table (either may be NULL). */
+int ctpy_dump_top(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                  struct ctpy_top *t, struct ctpy_summary *sum)
+{
     char pool[8192];
 
-    memset(out, 0, sizeof(*out));
+    if (sum)
+        memset(sum, 0, sizeof(*sum));
     while (s->dumping) {
         struct ctpy_record r;
         int n = dump_walk(s, uf, &r, 1, pool, sizeof(pool), NULL);
         if (n < 0)
             return n;
-        if (n == 0)
-            continue;
-        out->total++;
-        if (!(r.status & IPS_SEEN_REPLY))
-            out->unreplied++;
-        if (r.status & IPS_ASSURED)
-            out->assured++;
-        out->by_proto[r.orig.proto]++;
-        if (r.orig.proto == IPPROTO_TCP && (r.present & CTPY_HAS_STATE) && r.state < 32)
-            out->tcp_states[r.state]++;
+        if (n == 1 && sum)
+            summary_add(sum, &r);
+        if (n == 1 && t) {
+            int err = top_add(t, &r);
+            if (err) {
+                s->dumping = 0; /* the caller closes the dump socket */
+                s->done = 1;
+                return err;
+            }
+        }
     }
     return 0;
+}
+
+/* Descending count, then ascending key: a stable order for ties. */
+static int top_cmp(const void *a, const void *b, void *keylen)
+{
+    uint64_t ca, cb;
+
+    memcpy(&ca, a, 8);
+    memcpy(&cb, b, 8);
+    if (ca != cb)
+        return ca > cb ? -1 : 1;
+    return memcmp((const char *)a + 8, (const char *)b + 8, *(size_t *)keylen);
+}
+
+/* Sort the keys (the table is no longer usable for counting afterwards)
+ * and copy the first max into keys[] (keylen bytes each) and counts[].
+ * Returns how many were copied. */
+int ctpy_top_result(struct ctpy_top *t, int max, uint8_t *keys, uint64_t *counts)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < t->cap; i++) {
+        char *e = t->slots + i * t->slot;
+        uint64_t c;
+        memcpy(&c, e, 8);
+        if (c) {
+            if (n != i)
+                memcpy(t->slots + n * t->slot, e, t->slot);
+            n++;
+        }
+    }
+    memset(t->slots + n * t->slot, 0, (t->cap - n) * t->slot);
+    qsort_r(t->slots, n, t->slot, top_cmp, &t->keylen);
+    if ((size_t)max > n)
+        max = (int)n;
+    for (i = 0; i < (size_t)max; i++) {
+        memcpy(&counts[i], t->slots + i * t->slot, 8);
+        memcpy(keys + i * t->keylen, t->slots + i * t->slot + 8, t->keylen);
+    }
+    return max;
 }
 
 /* ---- request / acknowledge -------------------------------------------- */
@@ -1219,6 +1625,19 @@ int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                 if (nlh->nlmsg_type != NLMSG_ERROR || k >= (uint32_t)(i - start))
                     continue;
                 e = mnl_nlmsg_get_payload(nlh);
+                if (k == 0 && e->error == -EPERM) {
+                    /* nfnetlink checks CAP_NET_ADMIN once per sendmsg: it
+                     * acks the first request with EPERM and drops the rest,
+                     * whose acks never come.  Every request is refused. */
+                    if (!res->failed) {
+                        res->first_errno = EPERM;
+                        res->first_failed = start;
+                    }
+                    res->failed += n - start;
+                    drain(s);
+                    free(chunk);
+                    return 0;
+                }
                 pending--;
                 if (e->error == 0) {
                     res->done++;
@@ -1465,6 +1884,12 @@ drained:
 int ctpy_setns(int netns_fd)
 {
     return setns(netns_fd, CLONE_NEWNET) < 0 ? -errno : 0;
+}
+
+/* Move the calling thread into a new, empty network namespace (for probes). */
+int ctpy_unshare_netns(void)
+{
+    return unshare(CLONE_NEWNET) < 0 ? -errno : 0;
 }
 
 const char *ctpy_nfct_version(void)

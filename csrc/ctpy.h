@@ -79,11 +79,25 @@ struct ctpy_record {
 #define CTPY_F_MARK       0x0400
 #define CTPY_F_ZONE       0x0800
 #define CTPY_F_LABELS     0x1000
+#define CTPY_F_SRC_NAT    0x2000
+#define CTPY_F_DST_NAT    0x4000
+#define CTPY_F_ANY_NAT    0x8000
+#define CTPY_F_ORIG_ZONE  0x10000
+#define CTPY_F_REPLY_ZONE 0x20000
 
 struct ctpy_cidr {
     uint8_t addr[16];       /* already masked */
     uint8_t mask[16];
     uint8_t family;
+};
+
+/* A NAT match (conntrack's --src-nat/--dst-nat/--any-nat [ADDR[:PORT]]). */
+struct ctpy_nat {
+    uint8_t addr[16];       /* the translated address, when has_addr */
+    uint16_t port;          /* the translated port, when has_port */
+    uint8_t family;
+    uint8_t has_addr;
+    uint8_t has_port;
 };
 
 /* The userspace filter, evaluated in C on every parsed record. */
@@ -103,10 +117,15 @@ struct ctpy_filter {
     uint16_t dport_lo;
     uint16_t dport_hi;
     uint16_t zone;
+    uint16_t orig_zone;     /* a zone of the original direction only */
+    uint16_t reply_zone;    /* a zone of the reply direction only */
     uint8_t family;
     uint8_t proto;
     uint8_t labels_val[16];
     uint8_t labels_mask[16];
+    struct ctpy_nat src_nat;
+    struct ctpy_nat dst_nat;
+    struct ctpy_nat any_nat;
 };
 
 /* Bits of ctpy_kfilter.fields: what the kernel is asked to filter. */
@@ -156,6 +175,28 @@ struct ctpy_summary {
     uint64_t tcp_states[32];
 };
 
+/* Top talkers: what a key is made of (ctpy_topspec.kind[]). */
+#define CTPY_TOP_SRC      1
+#define CTPY_TOP_DST      2
+#define CTPY_TOP_SPORT    3
+#define CTPY_TOP_DPORT    4
+#define CTPY_TOP_PROTO    5
+#define CTPY_TOP_STATE    6
+#define CTPY_TOP_ZONE     7
+#define CTPY_TOP_MARK     8
+#define CTPY_TOP_FAMILY   9
+#define CTPY_TOP_MAXPARTS 4
+
+struct ctpy_topspec {
+    uint8_t n;                          /* parts in a key, 1..CTPY_TOP_MAXPARTS */
+    uint8_t kind[4];                    /* CTPY_TOP_* */
+    uint8_t plen4[4];                   /* SRC/DST: IPv4 prefix length (32: whole address) */
+    uint8_t plen6[4];                   /* SRC/DST: IPv6 prefix length (128: whole address) */
+};
+
+/* A hash table of distinct keys and their counts (opaque). */
+struct ctpy_top;
+
 /* Per-CPU statistics (IPCTNL_MSG_CT_GET_STATS_CPU). */
 struct ctpy_cpu_stats {
     uint32_t cpu;
@@ -181,6 +222,8 @@ struct ctpy_sock;
 
 struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err);
 void ctpy_close(struct ctpy_sock *s);
+int ctpy_set_timeout(struct ctpy_sock *s, int ms);
+int ctpy_sock_fd(const struct ctpy_sock *s);
 
 int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
                     const struct ctpy_kfilter *kf);
@@ -188,10 +231,19 @@ int ctpy_dump_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
                    struct ctpy_record *out, int max,
                    char *pool, uint32_t pool_size);
 int ctpy_dump_done(const struct ctpy_sock *s);
+int ctpy_dump_interrupted(const struct ctpy_sock *s);
 int ctpy_dump_count(struct ctpy_sock *s, const struct ctpy_filter *uf,
                     uint64_t *count);
 int ctpy_dump_summary(struct ctpy_sock *s, const struct ctpy_filter *uf,
                       struct ctpy_summary *out);
+int ctpy_top_keylen(const struct ctpy_topspec *spec);
+struct ctpy_top *ctpy_top_new(const struct ctpy_topspec *spec);
+void ctpy_top_free(struct ctpy_top *t);
+int ctpy_dump_top(struct ctpy_sock *s, const struct ctpy_filter *uf,
+                  struct ctpy_top *t, struct ctpy_summary *sum);
+uint64_t ctpy_top_total(const struct ctpy_top *t);
+uint64_t ctpy_top_distinct(const struct ctpy_top *t);
+int ctpy_top_result(struct ctpy_top *t, int max, uint8_t *keys, uint64_t *counts);
 int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
                          uint64_t *mismatched, struct ctpy_record *first_fast,
                          struct ctpy_record *first_ref);
@@ -217,4 +269,5 @@ int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
                      char *pool, uint32_t pool_size, int timeout_ms,
                      uint32_t *overflows);
 int ctpy_setns(int netns_fd);
+int ctpy_unshare_netns(void);
 const char *ctpy_nfct_version(void);

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from typing import List, Optional
 
@@ -73,6 +74,23 @@ class Netns:
             ["ip", "netns", "exec", self.name, sys.executable, "-c", textwrap.dedent(code), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
+
+    def event_subscribers(self) -> int:
+        """Netfilter netlink sockets in this namespace that joined a multicast group (event listeners)."""
+        n = 0
+        for line in self.exec("cat", "/proc/net/netlink").stdout.splitlines()[1:]:
+            cols = line.split()  # sk Eth Pid Groups ...
+            if len(cols) > 3 and cols[1] == "12" and int(cols[3], 16):  # 12: NETLINK_NETFILTER
+                n += 1
+        return n
+
+    def wait_for_event_subscriber(self, deadline: float = 60.0) -> None:
+        """Until some socket in the namespace listens to conntrack events (a thread subscribing)."""
+        end = time.monotonic() + deadline
+        while not self.event_subscribers():
+            if time.monotonic() > end:
+                raise AssertionError("no event subscriber in %s after %.0f s" % (self.name, deadline))
+            time.sleep(0.05)
 
     def delete(self) -> None:
         run("ip", "netns", "del", self.name, check=False)

@@ -180,7 +180,8 @@ def test_delete_without_a_filter_refuses(netns):
 
 
 @pytest.mark.tool
-@pytest.mark.parametrize("options, says", [(["--status", ""], "--status: empty"), (["--mark", "5/0"], "--all")])
+@pytest.mark.parametrize("options, says", [(["--status", ""], "--status: empty"), (["--mark", "0/0"], "--all"),
+                                           (["--mark", "5/0"], "outside the mask"), (["--status", "0"], "--all")])
 def test_delete_with_a_filter_that_matches_everything_refuses(netns, options, says):
     need_tool()
     populate(netns)

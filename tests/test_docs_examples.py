@@ -66,8 +66,10 @@ def need_cli() -> None:
 
 
 def without_timeouts(lines: List[str]) -> List[str]:
-    """conntrack -L lines with the timeout column blanked (it ticks between reads)."""
-    return sorted(re.sub(r"^(\S+\s+\d+) \d+ ", r"\1 - ", line) for line in lines)
+    """conntrack -L lines with the timeout column blanked (it ticks between reads) and use= dropped:
+    the reference count is the kernel's, never promised stable (5.10's dump holds a reference on
+    the entry each batch resumes at, so use=2 shows at places that differ between two dumps)."""
+    return sorted(re.sub(r" use=\d+", "", re.sub(r"^(\S+\s+\d+) \d+ ", r"\1 - ", line)) for line in lines)
 
 
 # -- recipes.rst --------------------------------------------------------------
@@ -157,19 +159,18 @@ def test_netns(netns, capsys):
 
 @pytest.fixture
 def host_limit_untouched() -> Iterator[int]:
-    """The host's nf_conntrack_max (and sysctl.d) before a test; checked, and put back, after.
+    """The host's nf_conntrack_max (and sysctl.d) before a test; checked after.
 
     The examples that write are pointed at a temporary tree or run where the
     kernel refuses the write, so nothing should change; if something did,
-    the original value is restored before the test fails.
+    the test fails.  Nothing is written back: a change may be another process's raise, and
+    writing the old value over it could lower the host's limit under running tables.
     """
     before = int(HOST_MAX.read_text())
     dropin_existed = HOST_DROPIN.exists()
     yield before
     after = int(HOST_MAX.read_text())
-    if after != before:
-        HOST_MAX.write_text("%d\n" % before)
-    assert after == before, "the host's nf_conntrack_max changed: %d -> %d (put back)" % (before, after)
+    assert after == before, "the host's nf_conntrack_max changed: %d -> %d" % (before, after)
     assert HOST_DROPIN.exists() == dropin_existed, "%s was created" % HOST_DROPIN
 
 
@@ -307,12 +308,11 @@ def test_exporter_embedded(netns, capsys):
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("conntrack_nf_conntrack_entries_limit", (("netns", netns.name),))] == limit
-    assert samples[("conntrack_nf_conntrack_tcp_entries_by_state",
-                    (("netns", netns.name), ("state", "ESTABLISHED")))] == REPLIED
+    assert "conntrack_nf_conntrack_tcp_entries_by_state" not in text  # the breakdown is opt-in
     assert capsys.readouterr().out.splitlines() == [
         "conntrack_up%s 1.0" % label,
         "conntrack_nf_conntrack_entries%s %r" % (label, float(UNREPLIED + REPLIED)),
-        "conntrack_nf_conntrack_unreplied_entries%s %r" % (label, float(UNREPLIED)),
+        "conntrack_nf_conntrack_stat_drop_total%s 0.0" % label,
     ]
 
 
@@ -331,7 +331,7 @@ def test_exporter_command(netns):
                              "--address", "127.0.0.1", "--netns", netns.name],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while True:
             try:
                 with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=30) as r:
@@ -384,6 +384,27 @@ def test_explain_output_shown_in_filters_page(keywords, features):
     assert repr(Filter(**keywords).explain(features)) in page
 
 
+@pytest.mark.tool
+def test_delete_nat_deletes_what_conntrack_D_src_nat_deletes(ns_ct, capsys):
+    need_cli()
+
+    def nat_table() -> None:
+        ns_ct.create_many([Flow(proto="udp", src="10.0.0.%d" % i, dst="198.51.100.1", sport=1000, dport=53,
+                                timeout=600, reply_dst="192.0.2.%d" % (1 + i % 2), reply_dport=2000 + i)
+                           for i in range(1, 41)])
+        populate(ns_ct)
+
+    nat_table()
+    ns_ct.ns.cli("-D", "--src-nat", "192.0.2.1")
+    left_by_cli = without_timeouts(ns_ct.ns.cli_lines("-L"))
+    ns_ct.flush()
+    nat_table()
+    assert load("delete_nat").delete_nat(ns_ct, "192.0.2.1") == 20
+    assert capsys.readouterr().out.splitlines() == ["20 entries NATed to 192.0.2.1", "deleted 20 by batch"]
+    assert without_timeouts(ns_ct.ns.cli_lines("-L")) == left_by_cli
+    assert len(left_by_cli) == 20 + UNREPLIED + REPLIED
+
+
 # -- every example as a script, the way a reader runs it ------------------------
 
 
@@ -419,7 +440,7 @@ def test_quickstart_runs_and_matches_the_readme(netns):
 
 @pytest.mark.parametrize("script", [
     "table_usage.py", "drops.py", "list_all.py", "find_unreplied.py", "delete_unreplied.py",
-    "flow_lifecycle.py", "raw_cffi.py", "sysctl_read.py", "summary.py", "exporter_embed.py",
+    "flow_lifecycle.py", "raw_cffi.py", "sysctl_read.py", "summary.py", "exporter_embed.py", "delete_nat.py",
 ])
 def test_example_runs_as_a_script(netns, script):
     with Conntrack(netns.name) as ct:
@@ -429,16 +450,19 @@ def test_example_runs_as_a_script(netns, script):
 
 def test_follow_events(ns_ct, capsys):
     result = {}
-    listener = Conntrack(ns_ct.ns.name)
-    t = threading.Thread(target=lambda: result.update(seen=load("follow_events").follow(listener, idle=1.0)))
+
+    def listen() -> None:  # a handle belongs to the thread that opens it
+        with Conntrack(ns_ct.ns.name) as listener:
+            result.update(seen=load("follow_events").follow(listener, idle=4.0))
+
+    t = threading.Thread(target=listen)
     t.start()
-    time.sleep(0.3)
+    ns_ct.ns.wait_for_event_subscriber()  # subscribed: from now on nothing is missed
     ns_ct.create_many(Flow(proto="udp", src="10.1.0.%d" % i, dst="10.2.0.1", sport=1000, dport=53, timeout=60)
                       for i in range(1, 21))
     ns_ct.create(Flow(proto="udp", src="10.1.0.1", dst="10.2.0.1", sport=1000, dport=123, timeout=60))
     ns_ct.delete(Filter(dport=53, src="10.1.0.0/29"))
-    t.join(30)
-    listener.close()
+    t.join(120)
     assert result["seen"] == {"NEW": 20, "DESTROY": 7}
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("NEW udp ") and out[-1].startswith("DESTROY udp ")

@@ -11,27 +11,59 @@ from helpers import TCP_PAIR
 
 import conntrack
 from conntrack import EventType, Filter, Flow
+from conntrack.events import Event
+
+MARKER_DST = "10.254.255.254"
+
+
+def marker(i: int, **kw) -> Flow:
+    """The i-th end marker: an entry no test makes otherwise."""
+    return Flow(proto="tcp", src="10.254.%d.%d" % (i // 250, i % 250 + 1), dst=MARKER_DST, sport=1, dport=9,
+                timeout=60, **kw)
 
 
 class Listener:
-    """Collect a namespace's events in a thread until it is idle."""
+    """Collect a namespace's events in a thread until an end marker's NEW event arrives.
 
-    def __init__(self, ns_name, **kw):
-        self.events = []
+    ``Conntrack.events()`` has subscribed when it returns, so the test may make events at once.
+    The test ends with :meth:`finish`, which creates marker entries (matching the listener's
+    filter: ``marker_kw``) until one is seen; one socket's events come in the order the kernel
+    made them, so every event before the marker has arrived.  Conditions, not times: the
+    deadlines are only for failures (emulated kernels run 10-25x slower).
+    """
+
+    def __init__(self, ns_name, marker_kw=None, **kw):
+        self.events = []  # markers included
+        self.markers = []  # the marker flows created, in order
+        self.marker_kw = marker_kw or {}
+        self.seen_marker = threading.Event()
         self.ct = conntrack.Conntrack(ns_name)
-        self.stream = self.ct.events(idle_timeout=kw.pop("idle", 1.0), **kw)
+        self.stream = self.ct.events(idle_timeout=120.0, **kw)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        time.sleep(0.2)  # subscribed before the test makes events
 
     def _run(self):
         for ev in self.stream:
             self.events.append(ev)
+            if ev.flow is not None and str(ev.flow.orig.dst) == MARKER_DST:
+                self.seen_marker.set()
+                return
 
-    def join(self):
-        self.thread.join(30)
+    def finish(self, ct, deadline=120.0, keep_markers=False):
+        """Create markers until one arrives (one lost in an overflow is followed by another)."""
+        end = time.monotonic() + deadline
+        while not self.seen_marker.is_set() and self.thread.is_alive() and time.monotonic() < end:
+            self.markers.append(marker(len(self.markers), **self.marker_kw))
+            ct.create(self.markers[-1])
+            self.seen_marker.wait(min(0.5 * len(self.markers), 5.0))
+        self.thread.join(max(1.0, end - time.monotonic()))
+        assert not self.thread.is_alive(), "the event stream is still running after %.0f s" % deadline
+        self.stream.close()
         self.ct.close()
-        return self.events
+        assert self.seen_marker.is_set(), "no marker event arrived in %.0f s: %d events" % (deadline, len(self.events))
+        if keep_markers:
+            return self.events
+        return [e for e in self.events if e.flow is None or str(e.flow.orig.dst) != MARKER_DST]
 
 
 def _udp(i, **kw):
@@ -45,7 +77,7 @@ def test_new_update_destroy_of_injected_entries(ns_ct):
     f = ns_ct.get(_udp(7))
     ns_ct.update(f, mark=5)
     ns_ct.delete(Filter(src="10.0.0.0/28"))
-    events = listener.join()
+    events = listener.finish(ns_ct)
     kinds = Counter(e.type for e in events)
     assert kinds == {EventType.NEW: 200, EventType.UPDATE: 1, EventType.DESTROY: 15}
     [update] = [e for e in events if e.type == EventType.UPDATE]
@@ -54,11 +86,12 @@ def test_new_update_destroy_of_injected_entries(ns_ct):
 
 
 def test_filters_and_types_apply_before_python(ns_ct):
-    listener = Listener(ns_ct.ns.name, filter=Filter(mark=1), types=EventType.NEW | EventType.DESTROY)
+    listener = Listener(ns_ct.ns.name, marker_kw={"mark": 1}, filter=Filter(mark=1),
+                        types=EventType.NEW | EventType.DESTROY)
     ns_ct.create_many(_udp(i, mark=i % 2) for i in range(100))
     ns_ct.update(ns_ct.get(_udp(1)), timeout=30)  # an UPDATE of a mark=1 entry: not subscribed
     ns_ct.flush()
-    events = listener.join()
+    events = listener.finish(ns_ct)
     assert all(e.flow.mark == 1 for e in events)
     assert Counter(e.type for e in events) == {EventType.NEW: 50, EventType.DESTROY: 50}
 
@@ -71,8 +104,8 @@ def test_real_tcp_connection_events(ns_ct):
         cport, sport = map(int, proc.stdout.readline().split())
     finally:
         proc.stdin.close()
-        proc.wait(5)
-    events = listener.join()
+        proc.wait(60)
+    events = listener.finish(ns_ct)
     mine = [e for e in events if e.flow.orig.sport == cport and e.flow.orig.dport == sport]
     assert mine[0].type == EventType.NEW and mine[0].flow.state == conntrack.TCPState.SYN_SENT
     states = [e.flow.state for e in mine if e.type == EventType.UPDATE]
@@ -81,24 +114,25 @@ def test_real_tcp_connection_events(ns_ct):
 
 def test_overflow_is_reported_and_the_stream_goes_on(ns_ct):
     # a receive buffer far too small for a burst: the kernel drops events
-    listener = Listener(ns_ct.ns.name, rcvbuf=64 * 1024, idle=2.0)
+    listener = Listener(ns_ct.ns.name, rcvbuf=64 * 1024)
     ns_ct.create_many(_udp(i) for i in range(20000))
-    time.sleep(0.5)
-    ns_ct.create(Flow(proto="tcp", src="10.200.0.1", dst="10.200.0.2", sport=1, dport=2, timeout=60))
-    events = listener.join()
+    events = listener.finish(ns_ct, keep_markers=True)  # markers until one gets through
     kinds = Counter(e.type for e in events)
     assert kinds[EventType.OVERFLOW] >= 1
-    assert kinds[EventType.NEW] < 20000  # some were lost, and we said so
-    assert events[-1].type == EventType.NEW and events[-1].flow.proto == conntrack.Proto.tcp
+    assert kinds[EventType.NEW] < 20000 + len(listener.markers)  # some were lost, and we said so
+    assert events.index(Event(EventType.OVERFLOW, None)) < len(events) - 1
+    assert events[-1].type == EventType.NEW and events[-1].flow.orig == listener.markers[-1].orig
 
 
 def test_overflow_comes_after_the_events_queued_before_the_loss(ns_ct):
     # the kernel drops events from the moment the queue is full until it is empty:
     # no event yielded after an OVERFLOW may predate the gap
-    listener = Listener(ns_ct.ns.name, rcvbuf=64 * 1024, idle=2.0, types=EventType.NEW)
+    listener = Listener(ns_ct.ns.name, rcvbuf=64 * 1024, types=EventType.NEW)
     ns_ct.create_many(_udp(i) for i in range(20000))
-    events = listener.join()
+    events = listener.finish(ns_ct, keep_markers=True)
+    # markers come after the 20000 in the kernel's order too (a lost one leaves a gap)
     index = {_udp(i).key: i for i in range(20000)}
+    index.update((m.key, 20000 + k) for k, m in enumerate(listener.markers))
     order = [None if e.type == EventType.OVERFLOW else index[e.flow.key] for e in events]
     assert None in order
     # Around each marker, from the last event before the previous marker to the
@@ -123,21 +157,24 @@ def test_subscribed_when_events_is_called(ns_ct):
 
 def test_idle_timeout_holds_while_non_matching_events_flow(ns_ct):
     stop = threading.Event()
+    created = [0]
 
-    def noise():
+    def noise():  # non-matching events, until the stream has ended (or 20000 of them)
         with conntrack.Conntrack(ns_ct.ns.name) as other:
-            i = 0
-            while not stop.is_set() and i < 400:
-                other.create(_udp(i))
-                i += 1
+            while not stop.is_set() and created[0] < 20000:
+                other.create(_udp(created[0]))
+                created[0] += 1
                 time.sleep(0.01)
 
     t = threading.Thread(target=noise)
     t.start()
     try:
-        start = time.monotonic()
+        while created[0] == 0 and t.is_alive():
+            time.sleep(0.01)
+        before = created[0]
         assert list(ns_ct.events(Filter(mark=99), idle_timeout=0.5)) == []
-        assert time.monotonic() - start < 2.0
+        # it ended while the noise went on: events that do not match do not reset the idle clock
+        assert t.is_alive() and created[0] > before
     finally:
         stop.set()
         t.join()
@@ -145,10 +182,10 @@ def test_idle_timeout_holds_while_non_matching_events_flow(ns_ct):
 
 def test_destroy_events_pass_a_labels_filter(ns_ct):
     ns_ct.ns.exec("nft", "-f", "-", input=LABEL_RULES)  # connlabel storage on
-    listener = Listener(ns_ct.ns.name, filter=Filter(labels={9}))
+    listener = Listener(ns_ct.ns.name, marker_kw={"labels": {9}}, filter=Filter(labels={9}))
     ns_ct.create(_udp(1, labels={9}))
     ns_ct.delete(Filter(src=_udp(1).orig.src))
-    events = listener.join()
+    events = listener.finish(ns_ct)
     assert [e.type for e in events] == [EventType.NEW, EventType.DESTROY]
 
 

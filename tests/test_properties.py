@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import conntrack
@@ -185,6 +185,16 @@ def reference_match(flt: Filter, f: Flow) -> bool:
         return False
     if flt.state is not None and f.state not in flt.state:
         return False
+    if flt.status is not None and f.status & flt.status != flt.status:
+        return False
+    if flt.snat is not None and bool(f.status & Status.SRC_NAT) != flt.snat:
+        return False
+    if flt.dnat is not None and bool(f.status & Status.DST_NAT) != flt.dnat:
+        return False
+    if flt.labels is not None:
+        want = int.from_bytes(flt.labels, "little")
+        if not {n for n in range(128) if want >> n & 1} <= f.labels:
+            return False
     return True
 
 
@@ -215,18 +225,104 @@ def test_bulk_delete_removes_exactly_the_matches(shared_netns, table, flt):
             dry = handle.delete(flt, dry_run=True)
             assert dry.dry_run and len(dry.matched) == len(before) - len(survivors)
             assert handle.count() == len(before)
-            result = handle.delete(flt)
+            result = handle.delete(flt, all=flt.matches_everything)
             assert {f.key for f in handle.dump()} == survivors
             assert result.deleted == len(before) - len(survivors)
             if handle is slow and flt != Filter():  # an unfiltered flush needs no feature
                 assert result.method == "batch" and result.exact
 
 
-def test_unreplied_bulk_delete_uses_one_flush_on_this_kernel(ns_ct):
-    if not ns_ct.features.flush_status:
-        pytest.skip("kernel %s has no status filter on flush" % ns_ct.features)
+def test_unreplied_bulk_delete_takes_the_path_this_kernel_supports(ns_ct):
+    """One filtered flush where the kernel filters flushes by status (5.15+), else dump and batched
+    deletes; the same survivors either way."""
+    expected = "flush" if ns_ct.features.flush_status else "batch"
     ns_ct.create_many([Flow(proto="udp", src="10.0.0.1", dst="10.0.0.2", sport=p, dport=53, timeout=60,
                             status=(Status.SEEN_REPLY if p % 2 else 0)) for p in range(1000, 1100)])
     result = ns_ct.delete(Filter(unreplied=True))
-    assert result.method == "flush" and result.deleted == 50
+    assert result.method == expected and result.deleted == 50
     assert all(not f.unreplied for f in ns_ct.dump()) and ns_ct.count() == 50
+
+
+# -- delete never removes more than the filter says ------------------------------------------------
+
+STATUS_BITS = ["SEEN_REPLY", "ASSURED", "SRC_NAT", "DST_NAT"]
+
+
+@st.composite
+def delete_filters(draw):
+    """Keywords for a Filter, including ones that restrict nothing and ones that contradict
+    themselves (both must be refused, never widened)."""
+    kw = {}
+    if draw(st.integers(0, 4)) == 3:  # parts that restrict nothing, in every spelling
+        for name, values in (("mark", [(0, 0), "0/0"]), ("status", [0, [], ()]), ("labels", [[], 0]),
+                             ("proto", [None]), ("zone", [None]), ("unreplied", [None])):
+            if draw(st.booleans()):
+                kw[name] = draw(st.sampled_from(values))
+        return kw
+    for name, values in (
+        ("proto", [None, "tcp", "udp"]),
+        ("unreplied", [None, True, False]),
+        ("assured", [None, True, False]),
+        ("snat", [None, False, True]),
+        ("dnat", [None, False]),
+        ("zone", [None, 0, 3]),
+        ("labels", [None, [], 0, [1], 1 << 100]),
+        ("family", [None, "ipv4", "ipv6"]),
+    ):
+        value = draw(st.sampled_from(values))
+        if value is not None or draw(st.booleans()):  # sometimes an explicit None
+            kw[name] = value
+    if draw(st.booleans()):
+        kw["status"] = draw(st.one_of(st.just(0), st.just([]), st.lists(st.sampled_from(STATUS_BITS), max_size=2)))
+    if draw(st.booleans()):
+        mask = draw(st.sampled_from([0, 0x1, 0xF, 0xF0, 0xFFFFFFFF]))
+        kw["mark"] = (draw(st.sampled_from([0, 1, 2, 0x10, 0x11])), mask)
+    if draw(st.integers(0, 3)) == 0:
+        kw["dport"] = draw(st.sampled_from([53, (50, 90)]))
+    return kw
+
+
+def contradictory(kw) -> bool:
+    """A plain reading of the keywords: parts that can never hold together."""
+    from conntrack.enums import parse_status
+    status = int(parse_status(kw["status"])) if kw.get("status") is not None else 0
+    if kw.get("unreplied") is True and status & Status.SEEN_REPLY:
+        return True
+    for name, bit in (("assured", Status.ASSURED), ("snat", Status.SRC_NAT), ("dnat", Status.DST_NAT)):
+        if kw.get(name) is False and status & bit:
+            return True
+    mark = kw.get("mark")
+    if isinstance(mark, tuple) and mark[0] & ~mark[1]:
+        return True
+    return False
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(table=tables(), kw=delete_filters())
+def test_delete_never_removes_an_entry_the_filter_does_not_match(shared_netns, table, kw):
+    if contradictory(kw):
+        event("contradictory")
+        with pytest.raises(ValueError):
+            Filter(**kw)
+        return
+    event("matches everything" if Filter(**kw).matches_everything else "restricting")
+    flt = Filter(**kw)
+    with conntrack.Conntrack(shared_netns.name) as fast, \
+            conntrack.Conntrack(shared_netns.name, features=KernelFeatures.none()) as slow:
+        for handle in (fast, slow):  # the flush path where the kernel can filter, and the batch path
+            handle.flush()
+            handle.create_many(table)
+            before = list(handle.dump())
+            keep = {f.key for f in before if not reference_match(flt, f)}
+            if flt.matches_everything:
+                assert not keep  # restricting nothing, it matches every entry
+                with pytest.raises(conntrack.MatchesEverything):
+                    handle.delete(flt)
+                assert handle.count() == len(before)
+                continue
+            result = handle.delete(flt)
+            after = {f.key for f in handle.dump()}
+            assert keep <= after, "deleted entries the filter does not match"
+            assert after == keep
+            assert result.deleted == len(before) - len(keep)

@@ -294,8 +294,32 @@ def test_abandoned_dumps_release_their_thread_and_socket(ns_ct):
         next(it)
         del it  # not closed: left to the garbage collector
     gc.collect()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() == before
     assert ns_ct.count() == 5000
+
+
+NO_NET_ADMIN = """
+import sys
+from conntrack import Conntrack, Flow, KernelFeatures
+flows = [Flow(proto="udp", src="10.0.0.1", dst="10.0.0.2", sport=p, dport=53, timeout=60) for p in range(1, 300)]
+with Conntrack(sys.argv[1], features=KernelFeatures.none()) as ct:
+    try:
+        ct.create_many(flows, chunk=100)
+    except PermissionError as exc:
+        print("refused", exc.errno, exc.created)
+"""
+
+
+def test_batch_without_cap_net_admin_is_refused_not_hung(ns_ct):
+    """nfnetlink checks CAP_NET_ADMIN once per sendmsg and acks only the first request: the
+    batch must not wait for the other acknowledgements (it did: a hang)."""
+    proc = subprocess.run(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable,
+                           "-c", NO_NET_ADMIN, ns_ct.ns.name],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["refused", "1", "0"]
+    assert ns_ct.count() == 0

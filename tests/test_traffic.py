@@ -10,7 +10,7 @@ from helpers import TCP_PAIR, UDP_UNREPLIED
 from conntrack import Filter, Proto, Status, TCPState
 
 
-def _wait_for(ct, flt, n=1, timeout=5.0):
+def _wait_for(ct, flt, n=1, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         flows = list(ct.dump(flt))
