@@ -5,8 +5,8 @@ VPY     := $(VENV)/bin/python
 APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack procps netbase
 PY_PKGS  := "setuptools>=77" cffi pytest hypothesis sphinx furo ruff mypy prometheus_client
 
-.PHONY: all sysdeps venv build test lint typecheck unit unit-oldest docs demo bench wheel compat-trixie test-kernels \
-        test-fresh-root test-wheel clean
+.PHONY: all sysdeps venv build test lint typecheck unit unit-oldest docs demo bench wheel compat-trixie test-kernels clean \
+	test-asan test-valgrind test-fresh-root test-wheel
 
 all: build
 
@@ -59,6 +59,40 @@ test: build lint typecheck unit unit-oldest docs
 
 demo: build
 	$(VPY) examples/demo.py
+
+# The parser fuzz test (no root) against an AddressSanitizer + UBSan build of
+# the extension in $(ASAN_DIR); the in-place build is left alone.  Any report
+# aborts the run (-fno-sanitize-recover, halt_on_error) and fails the target.
+ASAN_DIR := build/asan
+FUZZ_TESTS := tests/test_parser_fuzz.py
+# Reports go to files: pytest captures the process's stderr, which a sanitizer
+# that stops the process would take with it.
+ASAN_ENV = env LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONMALLOC=malloc \
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(CURDIR)/build/asan-report \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/build/ubsan-report
+test-asan: build
+	rm -rf $(ASAN_DIR) build/asan-report.* build/ubsan-report.* && mkdir -p $(ASAN_DIR)/conntrack
+	cp conntrack/*.py conntrack/py.typed $(ASAN_DIR)/conntrack/
+	CTPY_SANITIZE=address,undefined CTPY_BUILD_DIR=$(ASAN_DIR) $(VPY) build_ffi.py
+	cd $(ASAN_DIR) && $(ASAN_ENV) $(CURDIR)/$(VPY) -c "import conntrack._nfct as m; \
+	  assert '$(ASAN_DIR)/' in m.__file__, m.__file__; print('sanitized build:', m.__file__)"
+	cd $(ASAN_DIR) && $(ASAN_ENV) $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR) \
+	  $(addprefix $(CURDIR)/,$(FUZZ_TESTS)); rc=$$?; cd $(CURDIR); \
+	  if ls build/*san-report.* >/dev/null 2>&1; then \
+	    cat build/*san-report.*; echo "sanitizer report (above)" >&2; exit 1; fi; \
+	  exit $$rc
+
+# The same fuzz test once under valgrind (fewer examples: valgrind is ~50x
+# slower).  The interpreter reports errors of its own under memcheck; the
+# check fails on any report with a frame in the extension or its libraries.
+test-valgrind: build
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; } || \
+	  { echo "need valgrind (apt-get install valgrind)" >&2; exit 1; }
+	mkdir -p build
+	PYTHONMALLOC=malloc CTPY_FUZZ_EXAMPLES=$${CTPY_FUZZ_EXAMPLES:-60} valgrind -q --log-file=build/valgrind.log \
+	  --leak-check=no --track-origins=yes $(VPY) -m pytest -q -p no:cacheprovider $(FUZZ_TESTS)
+	$(VPY) scripts/valgrind_check.py build/valgrind.log
 
 # Needs root; pyroute2 is only a comparison point for the benchmark.
 bench: build

@@ -156,6 +156,23 @@ class Namespace:
 SYSCTL_DIR = "/proc/sys/net/netfilter"
 
 
+def entries_elsewhere() -> int:
+    """Conntrack entries in the host namespace and every named one (they share
+    the kernel's hash table with the benchmark's); -1 when unreadable."""
+    try:
+        total = read_sysctl("nf_conntrack_count")
+        names = run("ip", "netns", "list").stdout.split("\n")
+        for line in names:
+            name = line.split(" ")[0]
+            if name:
+                out = run("ip", "netns", "exec", name, "cat", os.path.join(SYSCTL_DIR, "nf_conntrack_count"),
+                          check=False).stdout.strip()
+                total += int(out) if out.isdigit() else 0
+        return total
+    except (OSError, ValueError):
+        return -1
+
+
 def read_sysctl(name: str) -> int:
     with open(os.path.join(SYSCTL_DIR, name)) as fh:
         return int(fh.read().split()[0])
@@ -225,6 +242,40 @@ while not done:
 print(n, time.perf_counter() - t0)
 """
 
+# The loop users write: every flow's addresses, ports and state.  argv[1]:
+# "object" (Flow objects), "tuples" (dump_tuples, address objects) or
+# "tuples-int" (dump_tuples, addresses as ints).  Prints "count seconds".
+LOOP_CODE = r"""
+import sys, time
+t0 = time.perf_counter()
+import conntrack
+mode = sys.argv[1]
+n = 0
+with conntrack.Conntrack() as ct:
+    if mode == "object":
+        for f in ct.dump():
+            o = f.orig
+            o.src; o.dst; o.sport; o.dport; f.state
+            n += 1
+    else:
+        addresses = "int" if mode == "tuples-int" else "object"
+        for src, dst, sport, dport, state in ct.dump_tuples(fields=("src", "dst", "sport", "dport", "state"),
+                                                            addresses=addresses):
+            n += 1
+print(n, time.perf_counter() - t0)
+"""
+
+# A bulk delete as a user runs it: a fresh process, import included.
+# argv[1]: the Filter keywords as a Python literal.  Prints "deleted seconds".
+DELETE_CODE = r"""
+import ast, sys, time
+t0 = time.perf_counter()
+import conntrack
+with conntrack.Conntrack() as ct:
+    res = ct.delete(conntrack.Filter(**ast.literal_eval(sys.argv[1])))
+print(res.deleted, time.perf_counter() - t0)
+"""
+
 PYROUTE2_CODE = r"""
 import sys, time
 from pyroute2 import Conntrack
@@ -269,6 +320,9 @@ elif mode == "tracemalloc":
     base = 0
 else:
     held = list(ct.dump())
+    if mode == "list-orig":  # the held flows' tuples read too (decoded once per batch, kept with it)
+        for f in held:
+            f.orig
     gc.collect()
     n = len(held)
 peak = tracemalloc.get_traced_memory()[1] if mode == "tracemalloc" else status("VmHWM")

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -54,6 +55,8 @@ class Bench:
         self.memory: Dict[str, float] = {}
         self.saved: Dict[str, int] = {}
         self.events: Dict[str, Tuple[int, int]] = {}
+        self.other_entries = -1
+        self.wrote: Dict[str, int] = {}  # the last value this run wrote, per sysctl
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -105,6 +108,7 @@ class Bench:
         now = ctbench.read_sysctl("nf_conntrack_max")
         if now < want:
             ctbench.write_sysctl("nf_conntrack_max", want)
+            self.wrote["nf_conntrack_max"] = want
             self.notes["max"] = ("nf_conntrack_max was lowered by another process during the run (to %d);"
                                  " raised again to %d" % (now, want))
             log("    !! " + self.notes["max"])
@@ -131,7 +135,10 @@ class Bench:
         want = 2 * self.n + 65536
         if self.saved["nf_conntrack_max"] < want:
             ctbench.write_sysctl("nf_conntrack_max", want)
+            self.wrote["nf_conntrack_max"] = want
             log("nf_conntrack_max: %d -> %d for the run (restored at exit)" % (self.saved["nf_conntrack_max"], want))
+        self.other_entries = ctbench.entries_elsewhere()
+        log("conntrack entries in the host and other namespaces: %s" % self.notes_other())
         self.ns = ctbench.Namespace()
         log("namespace: %s" % self.ns.name)
         self.ct = conntrack.Conntrack(self.ns.name)
@@ -144,6 +151,9 @@ class Bench:
         self.table_ok()
         ctbench.expected_count(self.n, ctbench.in_cidr_selection)
 
+    def notes_other(self) -> str:
+        return fmt_n(self.other_entries) if self.other_entries >= 0 else "unknown"
+
     def teardown(self) -> None:
         if self.ct is not None:
             self.ct.close()
@@ -151,7 +161,7 @@ class Bench:
         if self.ns is not None:
             self.ns.delete()
             self.ns = None
-        restore_sysctls(self.saved)
+        restore_sysctls(self.saved, self.wrote)
 
     # -- 1. dump ----------------------------------------------------------------------------
 
@@ -203,6 +213,27 @@ class Bench:
         self.notes["pyroute2"] = ("pyroute2 %s: timed on the first %s entries, extrapolated linearly to %s"
                                   % (_pyroute2_version(), fmt_n(cap), fmt_n(self.n)))
         log("    " + self.notes["pyroute2"])
+
+    # -- 1b. the loop users write, whole processes ---------------------------------------
+
+    def bench_loop(self) -> None:
+        """Read src, dst, sport, dport and state of every flow; every side a whole
+        process (`ip netns exec NS ...`, interpreter start-up and import included)."""
+        log("1b. reading every flow's src, dst, sport, dport, state (whole processes)")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+
+        def py(code: str, *args: str) -> Callable[[], Tuple[float, int]]:
+            def fn() -> Tuple[float, int]:
+                secs, proc = self.wall(self.exec_argv(sys.executable, "-c", code, *args),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                return secs, int(proc.stdout.split()[0])
+            return fn
+
+        self.best("loop: raw netlink floor (whole process)", py(ctbench.FLOOR_CODE))
+        self.best("loop: conntrack -L > /dev/null", self.dump_cli)
+        self.best("loop: Flow objects (o=f.orig; o.src..o.dport; f.state)", py(ctbench.LOOP_CODE, "object"))
+        self.best("loop: dump_tuples(fields=src,dst,sport,dport,state)", py(ctbench.LOOP_CODE, "tuples"))
+        self.best("loop: dump_tuples(..., addresses='int')", py(ctbench.LOOP_CODE, "tuples-int"))
 
     # -- 2. count ---------------------------------------------------------------------------
 
@@ -262,15 +293,28 @@ class Bench:
                 return secs, gone
             return fn
 
+        def process(kw: Dict[str, Any]) -> Callable[[], Tuple[float, int]]:
+            """The delete in a fresh process (start-up and import timed too), as a user runs it."""
+            env = dict(os.environ, PYTHONPATH=ROOT)
+
+            def fn() -> Tuple[float, int]:
+                before = ct.count()
+                secs, proc = self.wall(self.exec_argv(sys.executable, "-c", ctbench.DELETE_CODE, repr(kw)),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                gone = before - ct.count()
+                return secs, gone
+            return fn
+
         cases = [
-            ("unreplied", flt_all, ("-p", "udp"), ctbench.is_unreplied,
+            ("unreplied", flt_all, {"unreplied": True}, ("-p", "udp"), ctbench.is_unreplied,
              "delete UNREPLIED: ct.delete(Filter(unreplied=True))", "delete UNREPLIED: conntrack -D -p udp"),
-            ("cidr", flt_cidr, ctbench.CIDR_CLI, ctbench.in_cidr_selection,
+            ("cidr", flt_cidr, ctbench.CIDR_FILTER_KW, ctbench.CIDR_CLI, ctbench.in_cidr_selection,
              "delete CIDR+port: ct.delete(Filter(...))", "delete CIDR+port: conntrack -D " + " ".join(ctbench.CIDR_CLI)),
         ]
-        for tag, flt, sel, where, ours_name, cli_name in cases:
+        for tag, flt, kw, sel, where, ours_name, cli_name in cases:
             want = ctbench.expected_count(self.n, where)
-            for name, fn in ((ours_name, ours(flt)), (cli_name, cli(*sel))):
+            proc_name = ours_name.split(":")[0] + ": python process (start-up, import, delete)"
+            for name, fn in ((ours_name, ours(flt)), (proc_name, process(kw)), (cli_name, cli(*sel))):
                 best = float("inf")
                 for i in range(self.repeat):
                     secs, gone = fn()
@@ -290,7 +334,7 @@ class Bench:
         assert self.ns is not None
         log("4. memory (fresh process per measurement)")
         out: Dict[str, List[int]] = {}
-        for mode in ("stream", "list", "tracemalloc"):
+        for mode in ("stream", "list", "list-orig", "tracemalloc"):
             _secs, proc = self.wall([sys.executable, "-c", ctbench.MEMORY_CODE, mode, self.ns.name],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             out[mode] = [int(x) for x in proc.stdout.split()]
@@ -301,6 +345,8 @@ class Bench:
         n, base, _peak, cur = out["list"]
         self.memory["list_bytes_per_flow"] = (cur - base) / max(n, 1)
         self.memory["list_growth"] = (cur - base) / MiB
+        n, base, _peak, cur = out["list-orig"]
+        self.memory["list_orig_bytes_per_flow"] = (cur - base) / max(n, 1)
         self.memory["tracemalloc_peak"] = out["tracemalloc"][2] / MiB
         log("    streaming: peak RSS growth %.1f MiB over %s flows (tracemalloc peak of Python "
             "allocations %.0f KiB)" % (self.memory["stream_peak_growth"], fmt_n(self.memory["stream_flows"]),
@@ -462,6 +508,41 @@ print(n, flush=True)
                 % (name, fmt_n(got), fmt_n(made), 100.0 * got / max(made, 1), secs))
             self.ct.delete(conntrack.Filter(mark=0x7777))
 
+    def bench_event_filter(self, burst: int = 200_000, rcvbuf: int = 256 * 1024) -> None:
+        """A burst in which 1% of the entries match a stream's filter, read by one
+        consumer thread with a small receive buffer: events lost with the
+        kernel-side (socket BPF) filter and with the C check alone."""
+        assert self.ct is not None and self.ns is not None
+        log("9. a burst of %s NEW events, 1%% matching, %d KiB buffer: lost with/without the kernel filter"
+            % (fmt_n(burst), rcvbuf // 1024))
+        flows = [conntrack.Flow(proto="udp", src="2001:db8:%x:%x:%x::1" % (0xff if k % 100 == 0 else 1, k >> 16,
+                                                                         k & 0xFFFF),
+                                dst="2001:db8::53", sport=1000, dport=53, timeout=600, mark=0x7778)
+                 for k in range(burst)]
+        wanted = Filter(src="2001:db8:ff::/48")
+        matching = sum(1 for k in range(burst) if k % 100 == 0)
+        for name, features in (("kernel (BPF) + C filter", None),
+                               ("C filter only", conntrack.KernelFeatures.none())):
+            self.ensure_max()
+            with conntrack.Conntrack(self.ns.name, features=features) as ct:
+                log("    %s: %s" % (name, wanted.explain(ct.features, events=True)))
+                stream = ct.events(wanted, types=conntrack.EventType.NEW, rcvbuf=rcvbuf, idle_timeout=3.0)
+                got = [0]
+                reader = threading.Thread(target=_count_new, args=(stream, got))
+                reader.start()
+                t0 = time.perf_counter()
+                made = self.ct.create_many(flows)
+                secs = time.perf_counter() - t0
+                reader.join(120)
+                label = "event filter: " + name
+                self.events[label + ", matching"] = (got[0], matching)
+                self.notes[label] = "%s: %d events lost (SK_MEMINFO_DROPS), %d overflows" % (
+                    label, stream.lost or 0, stream.overflows)
+                log("    %-40s %6s of %s matching received, %s events lost, %d overflows; burst of %s took %.2f s"
+                    % (name, fmt_n(got[0]), fmt_n(matching), fmt_n(stream.lost or 0), stream.overflows,
+                       fmt_n(made), secs))
+            self.ct.delete(conntrack.Filter(mark=0x7778))
+
     # -- 5. buckets -------------------------------------------------------------------------
 
     def bench_buckets(self) -> None:
@@ -478,11 +559,13 @@ print(n, flush=True)
         self.saved.setdefault("nf_conntrack_buckets", old)
         log("5. hash buckets: %d -> %d (chains %.1f -> %.1f), dump re-measured" % (old, new, self.n / old, self.n / new))
         ctbench.write_sysctl("nf_conntrack_buckets", new)
+        self.wrote["nf_conntrack_buckets"] = new
         try:
             self.table_ok()
             self.bench_dump(suffix=" [buckets=N]")
         finally:
             ctbench.write_sysctl("nf_conntrack_buckets", old)
+            self.wrote["nf_conntrack_buckets"] = old
             log("   nf_conntrack_buckets restored to %d" % old)
 
     # -- report -----------------------------------------------------------------------------
@@ -521,6 +604,19 @@ print(n, flush=True)
              "delete UNREPLIED: conntrack -D -p udp", 0.2),
             ("delete CIDR+port vs conntrack -D (same selection)", "delete CIDR+port: ct.delete(Filter(...))",
              "delete CIDR+port: conntrack -D " + " ".join(ctbench.CIDR_CLI), 1 / 3),
+            ("delete UNREPLIED, whole process vs conntrack -D",
+             "delete UNREPLIED: python process (start-up, import, delete)", "delete UNREPLIED: conntrack -D -p udp", 0.2),
+            ("delete CIDR+port, whole process vs conntrack -D",
+             "delete CIDR+port: python process (start-up, import, delete)",
+             "delete CIDR+port: conntrack -D " + " ".join(ctbench.CIDR_CLI), 1 / 3),
+            ("loop: Flow objects vs raw floor (whole processes)", "loop: Flow objects (o=f.orig; o.src..o.dport; f.state)",
+             "loop: raw netlink floor (whole process)", 1.3),
+            ("loop: Flow objects vs conntrack -L", "loop: Flow objects (o=f.orig; o.src..o.dport; f.state)",
+             "loop: conntrack -L > /dev/null", 0.75),
+            ("loop: dump_tuples vs raw floor (whole processes)", "loop: dump_tuples(fields=src,dst,sport,dport,state)",
+             "loop: raw netlink floor (whole process)", 1.15),
+            ("loop: dump_tuples addresses='int' vs raw floor", "loop: dump_tuples(..., addresses='int')",
+             "loop: raw netlink floor (whole process)", 1.15),
             ("top --by src (CLI) vs conntrack -L | awk | sort | uniq -c", "top: pyconntrack top --by src --limit 20",
              "top: conntrack -L | awk | sort | uniq -c | sort -rn | head", 0.2),
             ("scrape, default vs conntrack -C && conntrack -S", "scrape: exporter, default (no dump)",
@@ -547,6 +643,8 @@ print(n, flush=True)
                                                      "PASS" if g < 64 else "MISS", scale))
             add("%-52s %8.0f B  %19s %10s" % ("list(ct.dump()): RSS growth per Flow held",
                                               self.memory["list_bytes_per_flow"], "", "(info)"))
+            add("%-52s %8.0f B  %19s %10s" % ("list(ct.dump()), every f.orig read: RSS per Flow",
+                                              self.memory["list_orig_bytes_per_flow"], "", "(info)"))
             add("%-52s %8.0f KiB %19s %10s" % ("streaming dump: tracemalloc peak (Python heap)",
                                                self.memory["tracemalloc_peak"] * 1024, "", "(info)"))
         for name, (got, made) in self.events.items():
@@ -560,10 +658,19 @@ print(n, flush=True)
         add("UNREPLIED count reference: conntrack(8) has no status filter for 'SEEN_REPLY not set' "
             "(-L -u UNSET is refused), so the CLI lists and greps")
         add("reference timings are wall-clock of `ip netns exec NS ...` subprocesses; ours are in-process "
-            "perf_counter; the raw floor and pyroute2 are timed inside their own process (startup excluded)")
+            "perf_counter; the raw floor and pyroute2 are timed inside their own process (startup excluded); "
+            "the loop: rows and the 'python process' deletes are whole processes (start-up and import included)")
+        add("the kernel's conntrack hash is one for all namespaces: other namespaces' entries slow every dump "
+            "and flush here; host entries outside this namespace at the start: %s" % self.notes_other())
         for v in self.notes.values():
             add("note: " + v)
         return "\n".join(lines)
+
+
+def _count_new(stream: conntrack.EventStream, got: List[int]) -> None:
+    """A consumer: count the stream's NEW events into got[0]."""
+    for ev in stream:
+        got[0] += ev.type == conntrack.EventType.NEW
 
 
 def _read_all(fh: Any) -> str:
@@ -588,12 +695,21 @@ def machine() -> str:
         cli or "conntrack(8) ?", platform.python_version())
 
 
-def restore_sysctls(saved: Dict[str, int]) -> None:
+def restore_sysctls(saved: Dict[str, int], wrote: Optional[Dict[str, int]] = None) -> None:
+    """Write back what the run found, where the value is still the one the run
+    wrote: if another process changed it since (a test that lowers the max for
+    a moment and puts its own value back), restoring ours would undo theirs."""
     for name, value in list(saved.items()):
         try:
-            if ctbench.read_sysctl(name) != value:
-                ctbench.write_sysctl(name, value)
-                log("%s restored to %d" % (name, value))
+            now = ctbench.read_sysctl(name)
+            if now == value:
+                continue
+            if wrote is not None and name in wrote and now != wrote[name]:
+                log("%s is %d, changed by another process since this run set %d: left as it is (found %d)"
+                    % (name, now, wrote[name], value))
+                continue
+            ctbench.write_sysctl(name, value)
+            log("%s restored to %d" % (name, value))
         except OSError as exc:  # keep restoring the others
             log("!! could not restore %s to %d: %s" % (name, value, exc))
 
@@ -611,7 +727,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-buckets", action="store_true",
                     help="skip re-measuring the dump with nf_conntrack_buckets raised to N")
     ap.add_argument("--json", metavar="PATH", help="also write the raw numbers as JSON")
-    ap.add_argument("--sections", default="dump,count,delete,memory,scrape,top,events,buckets",
+    ap.add_argument("--sections", default="dump,loop,count,delete,memory,scrape,top,events,evfilter,buckets",
                     help="comma-separated sections to run (default: all)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -628,9 +744,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         sections = set(args.sections.split(","))
         b.setup()
-        for name, fn in (("dump", b.bench_dump), ("count", b.bench_count), ("delete", b.bench_delete),
-                         ("memory", b.bench_memory), ("scrape", b.bench_scrape), ("top", b.bench_top),
-                         ("events", b.bench_events)):
+        for name, fn in (("dump", b.bench_dump), ("loop", b.bench_loop), ("count", b.bench_count),
+                         ("delete", b.bench_delete), ("memory", b.bench_memory), ("scrape", b.bench_scrape),
+                         ("top", b.bench_top), ("events", b.bench_events), ("evfilter", b.bench_event_filter)):
             if name in sections:
                 fn()
         if "buckets" in sections and not args.no_buckets:

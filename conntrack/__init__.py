@@ -14,7 +14,8 @@ libnetfilter_conntrack::
 
 from __future__ import annotations
 
-from . import health, sysctl  # noqa: E402  (they build on the names above)
+from typing import Any
+
 from ._binding import nfct_version
 from .enums import DCCPState, Family, Proto, SCTPState, Status, TCPState
 from .errors import (
@@ -32,7 +33,7 @@ from .errors import (
     Unsupported,
     WrongOwner,
 )
-from .events import Event, EventType
+from .events import Event, EventStream, EventType
 from .features import KernelFeatures
 from .filter import Filter, Plan
 from .flow import Counters, Flow, FlowTuple
@@ -53,6 +54,7 @@ __all__ = [
     "DeleteInterrupted",
     "DeleteResult",
     "Event",
+    "EventStream",
     "EventType",
     "Exists",
     "Family",
@@ -77,3 +79,13 @@ __all__ = [
     "WrongOwner",
     "nfct_version",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``conntrack.health`` and ``conntrack.sysctl`` are imported on first use:
+    a script that only dumps or deletes starts faster without them."""
+    if name in ("health", "sysctl"):
+        import importlib
+
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
+from array import array
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._nfct import ffi, lib
@@ -37,6 +39,25 @@ HAS = {
     for name in dir(lib)
     if name.startswith("CTPY_HAS_")
 }
+
+#: Bytes per ``struct ctpy_record`` (a multiple of 8: the struct holds uint64_t).
+RECORD_SIZE = ffi.sizeof("struct ctpy_record")
+_FMT_SIZE = {"B": 1, "H": 2, "I": 4}
+_SWAP = sys.byteorder == "little"
+
+
+def _offsets() -> Dict[str, int]:
+    out = {}
+    for name, f in ffi.typeof("struct ctpy_record").fields:
+        out[name] = f.offset
+        if name in ("orig", "reply"):
+            for sub, g in ffi.typeof("struct ctpy_tuple").fields:
+                out[name + "." + sub] = f.offset + g.offset
+    return out
+
+
+#: Byte offset of each record field ("status", "orig.sport", ...), for :meth:`Batch.column`.
+OFFSET = _offsets()
 
 TOP_PARTS = {
     name[len("CTPY_TOP_"):].lower(): getattr(lib, name)
@@ -72,7 +93,7 @@ class Batch:
     read out of the record when asked for.
     """
 
-    __slots__ = ("recs", "pool", "n", "size", "pool_size")
+    __slots__ = ("recs", "pool", "n", "size", "pool_size", "origs", "replies", "states")
 
     def __init__(self, size: int = BATCH, pool: int = POOL) -> None:
         self.recs = ffi.new("struct ctpy_record[]", size)
@@ -80,6 +101,10 @@ class Batch:
         self.n = 0
         self.size = size
         self.pool_size = pool
+        # decoded once per batch, on first use, by flow.py (records never change once read)
+        self.origs: Optional[List[Any]] = None
+        self.replies: Optional[List[Any]] = None
+        self.states: Optional[List[Any]] = None
 
     def fill(self, p: Any, uf: Any) -> int:
         """Let the C dump loop fill this batch; the number of records, or -errno."""
@@ -138,6 +163,23 @@ class Batch:
         off = int(getattr(r, name + "_off"))
         n = int(getattr(r, name + "_len"))
         return bytes(ffi.buffer(self.pool + off, n)).decode("utf-8", "replace")
+
+    def column(self, offset: int, fmt: str, network_order: bool = False) -> List[int]:
+        """One field of every record as a list of ints, read in C (no call
+        into the extension, so the GIL is never released here).  *offset* is
+        the field's byte offset in a record (see ``OFFSET``); *fmt* is ``"B"``,
+        ``"H"`` or ``"I"``, in native byte order unless *network_order*."""
+        n = self.n
+        if not n:
+            return []
+        size = _FMT_SIZE[fmt]
+        mv = memoryview(ffi.buffer(self.recs, n * RECORD_SIZE))
+        col = mv[offset:offset + (n - 1) * RECORD_SIZE + size].cast(fmt)[::RECORD_SIZE // size]  # type: ignore[call-overload]
+        if network_order and _SWAP:
+            arr = array(fmt, col.tobytes())
+            arr.byteswap()
+            return arr.tolist()
+        return col.tolist()
 
     # -- writing (flows built by users) -----------------------------------
 
@@ -204,6 +246,34 @@ def single() -> Batch:
     return b
 
 
+def _parse_message(data: bytes, reference: bool = False) -> Tuple[Batch, Optional[Batch], bool]:
+    """Parse one ctnetlink conntrack message with the dump path's parser (tests).
+
+    Returns (its record, libnetfilter_conntrack's record of the same message
+    or None when not asked for or refused by it, whether the two differ).  A
+    message the parser refuses raises :class:`ConntrackOSError` (EBADMSG:
+    malformed; EMSGSIZE: shorter than its header or its nlmsg_len; EPROTO:
+    not a conntrack message).  Ask for the reference only on well-formed
+    messages: libnetfilter_conntrack reads a security context up to its NUL,
+    past the attribute when there is none.
+    """
+    size = max(len(data), 1)
+    fast = Batch(1, size)
+    ref = Batch(1, size) if reference else None
+    ref_rc = ffi.new("int *")
+    differ = ffi.new("int *")
+    check(lib.ctpy_parse_message(ffi.from_buffer(data), len(data), fast.recs, fast.pool, size,
+                                 ref.recs if ref else ffi.NULL, ref.pool if ref else ffi.NULL,
+                                 ref_rc, differ), "parse a ctnetlink message")
+    fast.n = 1
+    if ref is not None:
+        if ref_rc[0] < 0:
+            ref = None
+        else:
+            ref.n = 1
+    return fast, ref, bool(differ[0])
+
+
 # -- filters ----------------------------------------------------------------
 
 
@@ -268,6 +338,13 @@ def kfilter(spec: Dict[str, Any]) -> Any:
     k.fields = fields
     return k
 
+
+#: ctnetlink wire values from the installed headers (the parser tests build messages).
+WIRE = {
+    name: getattr(lib, name)
+    for name in dir(lib)
+    if name.startswith(("CTA_", "NFNL", "NLM_F_", "NLA_F_", "IPCTNL_", "IPPROTO_", "AF_"))
+}
 
 CTA = {
     "src": lib.CTPY_CTA_IP_SRC,
@@ -497,26 +574,81 @@ class EventSocket:
             raise from_errno(err[0] if err[0] > 0 else 5, "cannot open a ctnetlink event socket")
         self._ptr = ffi.gc(ptr, lib.ctpy_close)
         self._overflows = ffi.new("uint32_t *")
-        check(lib.ctpy_events_subscribe(self._ptr, types), "subscribe to conntrack events")
+        self._lost = ffi.new("int64_t *")
+        self._types = ffi.new("uint8_t[]", EVENT_BATCH)
+        try:
+            check(lib.ctpy_events_subscribe(self._ptr, types), "subscribe to conntrack events")
+        except BaseException:
+            self.close()
+            raise
 
-    def next(self, uf: Any, timeout_ms: int) -> Tuple[Batch, List[int], int]:
-        """A batch of matching events (maybe empty), their types, and overflows since the last call."""
-        b = Batch(256, 64 * 1024)
-        types = ffi.new("uint8_t[]", 256)
+    def _p(self) -> Any:
+        if self._ptr is None:
+            raise ValueError("operation on a closed event stream")
+        return self._ptr
+
+    def fileno(self) -> int:
+        """The socket's descriptor (readable when events are queued)."""
+        return int(lib.ctpy_events_fd(self._p()))
+
+    def attach_bpf(self, spec: Dict[str, Any]) -> None:
+        """Attach the kernel-side event filter described by *spec* (see filter.py)."""
+        b = ffi.new("struct ctpy_bpf *")
+        fields = 0
+        for key, value in spec.items():
+            fields |= getattr(lib, "CTPY_B_" + key.upper())
+            if key in ("src", "dst"):
+                family, addr, mask = value
+                c = getattr(b, key)
+                c.family = family
+                ffi.memmove(c.addr, addr, len(addr))
+                ffi.memmove(c.mask, mask, len(mask))
+            elif key == "mark":
+                b.mark_val, b.mark_mask = value
+            elif key == "state":
+                b.states = value
+            else:
+                setattr(b, key, value)
+        b.fields = fields
+        check(lib.ctpy_events_bpf(self._p(), b), "attach the event filter")
+
+    def next(self, uf: Any, timeout_ms: int) -> Tuple[Batch, List[int], int, Optional[int]]:
+        """A batch of matching events (maybe empty), their types, the overflows
+        since the last call and the events lost with them (None: unknown).
+
+        With ``timeout_ms=0`` it never waits: an empty batch and no overflow
+        mean that nothing is queued, neither in our buffer nor in the kernel's.
+        """
+        b = Batch(EVENT_BATCH, 64 * 1024)
+        types = self._types
         self._overflows[0] = 0
-        b.n = check(lib.ctpy_events_next(self._ptr, uf, b.recs, types, 256, b.pool, b.pool_size,
-                                         timeout_ms, self._overflows), "events")
-        return b, [int(types[i]) for i in range(b.n)], int(self._overflows[0])
+        self._lost[0] = 0
+        b.n = check(lib.ctpy_events_next(self._p(), uf, b.recs, types, EVENT_BATCH, b.pool, b.pool_size,
+                                         timeout_ms, self._overflows, self._lost), "events")
+        lost = int(self._lost[0])
+        return b, [int(types[i]) for i in range(b.n)], int(self._overflows[0]), (lost if lost >= 0 else None)
 
     def close(self) -> None:
         ptr, self._ptr = self._ptr, None
         if ptr is not None:
             ffi.release(ptr)
 
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+
+#: Events per batch handed from the event reader to Python.
+EVENT_BATCH = 256
+#: True when libnetfilter_conntrack can filter events by zone in the kernel (1.1.0).
+BPF_ZONE = bool(lib.ctpy_events_bpf_zone())
 
 EV_NEW = lib.CTPY_EV_NEW
 EV_UPDATE = lib.CTPY_EV_UPDATE
 EV_DESTROY = lib.CTPY_EV_DESTROY
+EV_SNAPSHOT = lib.CTPY_EV_SNAPSHOT
+EV_SNAPSHOT_BEGIN = lib.CTPY_EV_SNAPSHOT_BEGIN
+EV_SNAPSHOT_END = lib.CTPY_EV_SNAPSHOT_END
 EV_OVERFLOW = lib.CTPY_EV_OVERFLOW
 
 

@@ -562,9 +562,10 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args) as ct:
         for ev in ct.events(flt, types=types):
             if ev.flow is None:  # OVERFLOW
-                _err(args.prog, "the kernel dropped events (receive buffer full); re-list for a whole view")
+                _err(args.prog, "the kernel dropped %s events (receive buffer full); re-list for a whole view"
+                     % ("some" if ev.lost is None else ev.lost))
                 if as_json:
-                    _json_line(out, {"type": "OVERFLOW"})
+                    _json_line(out, {"type": "OVERFLOW", "lost": ev.lost})
             elif as_json:
                 _json_line(out, {"type": ev.type.name, **ev.flow.to_dict()})
             else:

@@ -66,6 +66,9 @@ class KernelFeatures:
     """Flush filtered by zone (6.8)."""
     flush_tuple: bool = False
     """Flush filtered by exact tuple parts (CTA_FILTER on delete, 6.12)."""
+    events_bpf: bool = False
+    """Event streams filtered in the kernel by a socket filter (classic BPF with
+    SKF_AD_NLATTR_NEST, 2.6.29; built by libnetfilter_conntrack's nfct_filter)."""
     tuple_ipv6_addresses: bool = False
     """IPv6 addresses in CTA_FILTER.  Off on every kernel detected so far:
     ctnetlink_filter_match_tuple inverts the IPv6 address comparison (seen
@@ -148,6 +151,7 @@ def _table(v: Tuple[int, int]) -> Dict[str, bool]:
         flush_status=v >= (5, 15),
         flush_zone=v >= (6, 8),
         flush_tuple=v >= (6, 12),
+        events_bpf=v >= (2, 6),
     )
 
 
@@ -182,10 +186,12 @@ def _derive(dump: Dict[str, bool], v: Tuple[int, int]) -> KernelFeatures:
     flags["flush_zone"] = dump["dump_zone"]
     flags["flush_tuple"] = dump["dump_tuple"] and table["flush_tuple"]  # EOPNOTSUPP before 6.12
     flags["flush_family"] = table["flush_family"]
+    flags["events_bpf"] = table["events_bpf"]
     how = "version %d.%d" % v
     decided = {name: "probe" for name in dump}
     decided.update(flush_mark="probe+history", flush_status="probe+history", flush_zone="probe+history",
-                   flush_tuple="probe+%s" % how, flush_family=how, tuple_ipv6_addresses="off (kernel bug)")
+                   flush_tuple="probe+%s" % how, flush_family=how, tuple_ipv6_addresses="off (kernel bug)",
+                   events_bpf=how)
     return KernelFeatures(**flags, decided=decided)
 
 

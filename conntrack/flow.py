@@ -10,7 +10,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
-from typing import Any, Dict, FrozenSet, Iterable, NamedTuple, Optional, Tuple, Union
+from itertools import repeat
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
 
 from . import _binding
 from .enums import (
@@ -183,10 +196,79 @@ def _family_of(addr: IPAddress) -> Family:
     return Family.ipv4 if addr.version == 4 else Family.ipv6
 
 
+# -- address objects, built once per distinct address --------------------------
+#
+# Tables repeat addresses heavily, and building an ipaddress object costs more
+# than the rest of a flow's decoding.  Flows read from the kernel share one
+# object per distinct address, kept in a bounded cache (emptied when full).
+
+ADDRESS_CACHE_SIZE = 1 << 16
+"""Distinct addresses kept per family before the cache is emptied and refilled."""
+
+_A4: Dict[int, ipaddress.IPv4Address] = {}
+_A6: Dict[bytes, ipaddress.IPv6Address] = {}
+
+
+def _fast_v4(value: int) -> ipaddress.IPv4Address:
+    """IPv4Address from a 32-bit int without __init__'s checks (the value
+    comes from a 4-byte field)."""
+    a = object.__new__(ipaddress.IPv4Address)
+    a._ip = value  # type: ignore[attr-defined]
+    return a
+
+
+def _v4_maker() -> Callable[[int], ipaddress.IPv4Address]:
+    """_fast_v4 when this Python's IPv4Address is built that way, else the class."""
+    try:
+        probe, ref = _fast_v4(0x0A000102), ipaddress.IPv4Address("10.0.1.2")
+        if probe == ref and str(probe) == "10.0.1.2" and hash(probe) == hash(ref) and probe.packed == ref.packed:
+            return _fast_v4
+    except Exception:  # pragma: no cover - an ipaddress without the _ip slot
+        pass
+    return ipaddress.IPv4Address  # pragma: no cover
+
+
+_new_v4 = _v4_maker()
+
+
+def _addrs4(values: List[int]) -> List[ipaddress.IPv4Address]:
+    """IPv4Address objects for address values, from the cache."""
+    cache = _A4
+    got: List[Any] = list(map(cache.get, values))
+    misses = [i for i, a in enumerate(got) if a is None]
+    if misses:
+        if len(cache) + len(misses) > ADDRESS_CACHE_SIZE:
+            cache.clear()
+        fast = _new_v4 is _fast_v4
+        new, cls = object.__new__, ipaddress.IPv4Address
+        for i in misses:
+            v = values[i]
+            a = cache.get(v)
+            if a is None:
+                if fast:
+                    a = cache[v] = new(cls)
+                    a._ip = v  # type: ignore[attr-defined]  # what _fast_v4 does, inlined
+                else:  # pragma: no cover
+                    a = cache[v] = _new_v4(v)
+            got[i] = a
+    return got
+
+
 def _make_addr(family: int, raw: bytes) -> IPAddress:
     if family == Family.ipv4:
-        return ipaddress.IPv4Address(raw)
-    return ipaddress.IPv6Address(raw)
+        v = int.from_bytes(raw, "big")
+        a4 = _A4.get(v)
+        if a4 is None:
+            if len(_A4) >= ADDRESS_CACHE_SIZE:
+                _A4.clear()
+            a4 = _A4[v] = _new_v4(v)
+        return a4
+    a6 = _A6.get(raw)
+    if a6 is None:
+        if len(_A6) >= ADDRESS_CACHE_SIZE:
+            _A6.clear()
+        a6 = _A6[raw] = ipaddress.IPv6Address(raw)
+    return a6
 
 
 def _tuple_text(t: FlowTuple) -> str:
@@ -196,6 +278,170 @@ def _tuple_text(t: FlowTuple) -> str:
     elif t.sport is not None:
         parts.append("sport=%d dport=%d" % (t.sport, t.dport or 0))
     return " ".join(parts)
+
+
+_OFF = _binding.OFFSET
+_PORT_NUMS = frozenset(int(p) for p in _PORT_PROTOS)
+_AF_INET = int(Family.ipv4)
+_HAS_STATE = _HAS["state"]
+_tuple_new = tuple.__new__
+
+
+def _state_table() -> Dict[Tuple[int, int, int], State]:
+    """State enum members by (CTPY_HAS_STATE, protocol number, state value)."""
+    out: Dict[Tuple[int, int, int], State] = {}
+    for proto, cls in STATE_ENUMS.items():
+        for value in range(256):
+            try:
+                out[(_HAS_STATE, int(proto), value)] = cls(value)  # type: ignore[assignment]
+            except ValueError:
+                continue
+    return out
+
+
+_STATE_BY_KEY = _state_table()
+
+
+def _decode_tuples(b: _binding.Batch, which: str) -> List[FlowTuple]:
+    """One direction's FlowTuple for every record of a batch, in bulk: the
+    fields are read as columns in C; IPv4 flows with ports (nearly every
+    entry of a real table) are assembled without a Python loop, the others
+    (IPv6, ICMP, no ports) one by one."""
+    col = b.column
+    fams = col(_OFF[which + ".family"], "B")
+    protos = col(_OFF[which + ".proto"], "B")
+    icmps = col(_OFF[which + ".has_icmp"], "B")
+    if set(fams) == {_AF_INET} and _PORT_NUMS.issuperset(protos) and not any(icmps):
+        odd: Iterable[int] = ()
+    else:
+        odd = [i for i, (f, p, c) in enumerate(zip(fams, protos, icmps)) if f != _AF_INET or p not in _PORT_NUMS or c]
+    if len(odd) == b.n:  # type: ignore[arg-type]
+        out = [_tuple_from(b.tuple(i, which)) for i in range(b.n)]
+    else:
+        none = repeat(None)
+        src = _addrs4(col(_OFF[which + ".src"], "I", True))
+        dst = _addrs4(col(_OFF[which + ".dst"], "I", True))
+        out = list(map(_tuple_new, repeat(FlowTuple),
+                       zip(src, dst, col(_OFF[which + ".sport"], "H"), col(_OFF[which + ".dport"], "H"),
+                           none, none, none)))
+        for i in odd:
+            out[i] = _tuple_from(b.tuple(i, which))
+    if which == "orig":
+        b.origs = out
+    else:
+        b.replies = out
+    return out
+
+
+def _decode_states(b: _binding.Batch) -> List[Optional[State]]:
+    col = b.column
+    keys = zip(map(_HAS_STATE.__and__, col(_OFF["present"], "I")), col(_OFF["orig.proto"], "B"),
+               col(_OFF["state"], "B"))
+    out: List[Optional[State]] = list(map(_STATE_BY_KEY.get, keys))
+    b.states = out
+    return out
+
+
+# -- plain rows (Conntrack.dump_tuples) ---------------------------------------------
+
+#: The fields :meth:`Conntrack.dump_tuples` can return, and where the object API keeps each.
+ROW_FIELDS = {
+    "family": "family", "proto": "proto",
+    "src": "orig.src", "dst": "orig.dst", "sport": "orig.sport", "dport": "orig.dport",
+    "reply_src": "reply.src", "reply_dst": "reply.dst", "reply_sport": "reply.sport", "reply_dport": "reply.dport",
+    "state": "state", "status": "status", "mark": "mark", "timeout": "timeout", "zone": "zone", "id": "id",
+}
+
+
+def _odd_rows(b: _binding.Batch, which: str) -> Optional[List[int]]:
+    """Indexes of the records whose *which* tuple the IPv4 columns cannot
+    describe (IPv6, ICMP, no ports); None when that is all of them."""
+    col = b.column
+    fams = col(_OFF[which + ".family"], "B")
+    protos = col(_OFF[which + ".proto"], "B")
+    icmps = col(_OFF[which + ".has_icmp"], "B")
+    if set(fams) == {_AF_INET} and _PORT_NUMS.issuperset(protos) and not any(icmps):
+        return []
+    odd = [i for i, (f, p, c) in enumerate(zip(fams, protos, icmps)) if f != _AF_INET or p not in _PORT_NUMS or c]
+    return None if len(odd) == b.n else odd
+
+
+def _enum_column(values: List[int], cache: Dict[int, Any], make: Callable[[int], Any]) -> List[Any]:
+    for v in set(values).difference(cache):
+        cache[v] = make(v)
+    return list(map(cache.__getitem__, values))
+
+
+def _optional_column(b: _binding.Batch, name: str) -> List[Optional[int]]:
+    values: List[Optional[int]] = b.column(_OFF[name], "I")  # type: ignore[assignment]
+    bit = _HAS[name]
+    presents = b.column(_OFF["present"], "I")
+    if all(map(bit.__and__, presents)):
+        return values
+    return [v if p & bit else None for v, p in zip(values, presents)]
+
+
+def rows(b: _binding.Batch, fields: Tuple[str, ...], int_addresses: bool = False) -> Iterator[Tuple[Any, ...]]:
+    """One plain tuple per record of a batch, the values of *fields* (names of
+    :data:`ROW_FIELDS`), each equal to what the object API returns (addresses
+    as ints when *int_addresses*)."""
+    col = b.column
+    cols: List[List[Any]] = []
+    odd: set = set()
+    slow = False
+    for name in fields:
+        if name in ("src", "dst", "sport", "dport", "reply_src", "reply_dst", "reply_sport", "reply_dport"):
+            which, _, part = ("orig_" + name if not name.startswith("reply_") else name).partition("_")
+            bad = _odd_rows(b, which)
+            if bad is None:
+                slow = True
+                break
+            odd.update(bad)
+            if part in ("src", "dst"):
+                values = col(_OFF[which + "." + part], "I", True)
+                cols.append(values if int_addresses else _addrs4(values))
+            else:
+                cols.append(col(_OFF[which + "." + part], "H"))
+        elif name == "state":
+            keys = zip(map(_HAS_STATE.__and__, col(_OFF["present"], "I")), col(_OFF["orig.proto"], "B"),
+                       col(_OFF["state"], "B"))
+            cols.append(list(map(_STATE_BY_KEY.get, keys)))
+        elif name == "status":
+            cols.append(_enum_column(col(_OFF["status"], "I"), _STATUSES, Status))
+        elif name == "proto":
+            cols.append(_enum_column(col(_OFF["orig.proto"], "B"), _PROTOS, Proto))
+        elif name == "family":
+            cols.append(_enum_column(col(_OFF["orig.family"], "B"), _FAMILIES, Family))
+        elif name == "zone":
+            zones = col(_OFF["zone"], "H")
+            bit = _HAS["zone"]
+            cols.append([z if p & bit else 0 for z, p in zip(zones, col(_OFF["present"], "I"))]
+                        if any(zones) else zones)
+        else:
+            cols.append(_optional_column(b, name))
+    if slow:
+        out: List[Tuple[Any, ...]] = [_row_of(Flow._from_batch(b, i), fields, int_addresses) for i in range(b.n)]
+        return iter(out)
+    if not odd:
+        return zip(*cols)
+    out = list(zip(*cols))
+    for i in odd:
+        out[i] = _row_of(Flow._from_batch(b, i), fields, int_addresses)
+    return iter(out)
+
+
+_ADDRESS_FIELDS = frozenset(("src", "dst", "reply_src", "reply_dst"))
+
+
+def _row_of(f: Flow, fields: Tuple[str, ...], int_addresses: bool = False) -> Tuple[Any, ...]:
+    """A row through the object API (the records the columns cannot describe)."""
+    out = []
+    for name in fields:
+        obj: Any = f
+        for attr in ROW_FIELDS[name].split("."):
+            obj = getattr(obj, attr)
+        out.append(int(obj) if int_addresses and name in _ADDRESS_FIELDS else obj)
+    return tuple(out)
 
 
 def _tuple_from(values: _binding.TupleValues) -> FlowTuple:
@@ -353,12 +599,18 @@ class Flow:
     @property
     def orig(self) -> FlowTuple:
         """The original direction (as the first packet went)."""
-        return _tuple_from(self._b.tuple(self._i, "orig"))
+        t = self._b.origs
+        if t is None:
+            t = _decode_tuples(self._b, "orig")
+        return t[self._i]  # type: ignore[no-any-return]
 
     @property
     def reply(self) -> FlowTuple:
         """The reply direction (as answers are expected)."""
-        return _tuple_from(self._b.tuple(self._i, "reply"))
+        t = self._b.replies
+        if t is None:
+            t = _decode_tuples(self._b, "reply")
+        return t[self._i]  # type: ignore[no-any-return]
 
     @property
     def status(self) -> Status:
@@ -372,16 +624,10 @@ class Flow:
     @property
     def state(self) -> Optional[State]:
         """TCP, SCTP or DCCP state; None for other protocols."""
-        if not self._has("state"):
-            return None
-        cls = STATE_ENUMS.get(self.proto)
-        if cls is None:
-            return None
-        value = self._b.scalar(self._i, "state")
-        try:
-            return cls(value)  # type: ignore[return-value]
-        except ValueError:
-            return None
+        s = self._b.states
+        if s is None:
+            s = _decode_states(self._b)
+        return s[self._i]  # type: ignore[no-any-return]
 
     @property
     def timeout(self) -> Optional[int]:

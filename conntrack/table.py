@@ -17,7 +17,20 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+)
 
 from . import _binding
 from .enums import SETTABLE_STATUS, Family, Proto, Status, TCPState, parse_family, parse_status
@@ -35,10 +48,10 @@ from .errors import (
     from_errno,
 )
 from .events import ALL as ALL_EVENTS
-from .events import DEFAULT_RCVBUF, Event, EventType, listen
+from .events import DEFAULT_RCVBUF, EventStream, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter, Plan
-from .flow import Flow, check_create, entry_fields, status_names
+from .flow import ROW_FIELDS, Flow, check_create, entry_fields, rows, status_names
 from .netns import NetnsSpec, resolve
 from .top import By, Top, decode, parse_by
 
@@ -263,6 +276,45 @@ class Conntrack:
         return _flows(batches, where, state)
 
     @_owned
+    def dump_tuples(
+        self,
+        filter: Optional[Filter] = None,
+        *,
+        fields: Sequence[str] = ("src", "dst", "sport", "dport", "state"),
+        family: Union[str, int, Family, None] = None,
+        addresses: str = "object",
+        prefetch: bool = True,
+    ) -> Iterator[Tuple[Any, ...]]:
+        """Stream plain tuples, one per matching flow, of the values named by
+        ``fields``: ``family``, ``proto``, ``src``, ``dst``, ``sport``,
+        ``dport``, ``reply_src``, ``reply_dst``, ``reply_sport``,
+        ``reply_dport``, ``state``, ``status``, ``mark``, ``timeout``,
+        ``zone``, ``id``.
+
+        Each value is the one the object API gives (``src`` is
+        ``flow.orig.src``, an :class:`ipaddress.IPv4Address` or
+        :class:`~ipaddress.IPv6Address`; ``state`` is ``flow.state``), but no
+        :class:`Flow` is made: the rows are assembled a batch at a time from
+        the records' columns.  ``addresses="int"`` gives addresses as ints
+        (``int(flow.orig.src)``) instead: no address object is built, which
+        is most of the cost on tables with many distinct addresses.  For
+        rows fed to a data frame, a log line or a set.
+        """
+        if addresses not in ("object", "int"):
+            raise ValueError("addresses: expected 'object' or 'int', got %r" % (addresses,))
+        names = tuple(fields)
+        if isinstance(fields, str) or not names:
+            raise ValueError("fields: give a non-empty sequence of field names")
+        unknown = [name for name in names if name not in ROW_FIELDS]
+        if unknown:
+            raise ValueError("fields: unknown %s (known: %s)" % (", ".join(map(repr, unknown)), ", ".join(ROW_FIELDS)))
+        plan = self._plan(filter, family)
+        state = _binding.DumpState()
+        batches = self._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user),
+                                  prefetch, state)
+        return _rows(batches, names, addresses == "int", state)
+
+    @_owned
     def events(
         self,
         filter: Optional[Filter] = None,
@@ -271,20 +323,54 @@ class Conntrack:
         family: Union[str, int, Family, None] = None,
         rcvbuf: int = DEFAULT_RCVBUF,
         idle_timeout: Optional[float] = None,
-    ) -> Iterator[Event]:
-        """Follow the table's events (``conntrack -E``): :class:`~conntrack.events.Event`
-        objects for NEW, UPDATE and DESTROY, filtered in C before Python sees them.
+        resync: bool = False,
+    ) -> EventStream:
+        """Follow the table's events (``conntrack -E``): an
+        :class:`~conntrack.events.EventStream` of :class:`~conntrack.events.Event`
+        objects, iterated with ``for`` (blocking) or ``async for``.
+
+        ``types`` picks the kernel's event groups: ask only for what you need
+        (``EventType.NEW | EventType.DESTROY`` leaves out the UPDATE flood of
+        every TCP state change).  The filter's protocol, TCP states, original
+        addresses, mark (and zone with libnetfilter_conntrack 1.1) are checked
+        in the kernel by a socket filter, the whole filter in C before Python
+        sees an event (:meth:`Filter.explain(events=True) <conntrack.Filter.explain>`).
 
         The stream has its own socket (receive buffer ``rcvbuf``, forced with
         CAP_NET_ADMIN).  When the kernel drops events anyway it yields an
-        ``EventType.OVERFLOW`` event and goes on; re-dump for a whole view.
+        ``EventType.OVERFLOW`` event whose ``lost`` says how many, and goes
+        on; :meth:`~conntrack.events.EventStream.resync` (or ``resync=True``,
+        after every overflow) then yields a snapshot of the matching entries.
         It ends after ``idle_timeout`` seconds without events (never by
-        default) or when you stop iterating.  The subscription starts at this
+        default) or when you close it.  The subscription starts at this
         call.  The kernel sends no labels with DESTROY events, so those pass
         a labels filter.
         """
         plan = self._plan(filter, family)
-        return listen(self._netns_fd, plan, types, rcvbuf, idle_timeout)
+        return listen(self._netns_fd, plan, types, rcvbuf, idle_timeout, resync)
+
+    def aevents(
+        self,
+        filter: Optional[Filter] = None,
+        *,
+        types: EventType = ALL_EVENTS,
+        family: Union[str, int, Family, None] = None,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        idle_timeout: Optional[float] = None,
+        resync: bool = False,
+    ) -> EventStream:
+        """The same stream as :meth:`events`, spelled for asyncio::
+
+            async with ct.aevents(Filter(dport=443), types=EventType.NEW | EventType.DESTROY) as stream:
+                async for ev in stream:
+                    ...
+
+        ``async for`` never blocks the event loop and uses no thread (a
+        resync's dump runs in the loop's default executor).  ``async with``
+        removes the loop's reader before the socket closes.
+        """
+        return self.events(filter, types=types, family=family, rcvbuf=rcvbuf,
+                           idle_timeout=idle_timeout, resync=resync)
 
     @_owned
     def count(self, filter: Optional[Filter] = None, *, family: Union[str, int, Family, None] = None) -> int:
@@ -752,6 +838,15 @@ def _flows(batches: Iterator[_binding.Batch], where: Optional[Callable[[Flow], b
             f._i = i
             if where is None or where(f):
                 yield f
+    if state.interrupted:
+        warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
+                                      "under it); entries may be missing or repeated"), stacklevel=2)
+
+
+def _rows(batches: Iterator[_binding.Batch], names: Tuple[str, ...], int_addresses: bool,
+          state: _binding.DumpState) -> Iterator[Tuple[Any, ...]]:
+    for b in batches:
+        yield from rows(b, names, int_addresses)
     if state.interrupted:
         warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
                                       "under it); entries may be missing or repeated"), stacklevel=2)

@@ -62,7 +62,9 @@ struct ctpy_record {
     uint16_t secctx_len;
     uint16_t zone;
     uint8_t state;          /* TCP, SCTP or DCCP state, by orig.proto */
-    uint8_t labels[16];     /* bit n of label set = labels[n / 8] >> (n % 8) */
+    uint8_t labels[16];     /* bit n of label set = labels[n / 8] >> (n % 8) on
+                             * every host: the parser decodes the kernel's
+                             * native-endian words into this order */
 };
 
 /* Bits of ctpy_filter.fields. */
@@ -216,7 +218,30 @@ struct ctpy_cpu_stats {
 #define CTPY_EV_NEW      0x1
 #define CTPY_EV_UPDATE   0x2
 #define CTPY_EV_DESTROY  0x4
+#define CTPY_EV_SNAPSHOT 0x8    /* not a kernel event: an entry of a resync dump */
+#define CTPY_EV_SNAPSHOT_BEGIN 0x10  /* a resync dump starts */
+#define CTPY_EV_SNAPSHOT_END   0x20  /* a resync dump is complete */
 #define CTPY_EV_OVERFLOW 0x80   /* not a kernel event: events were lost */
+
+/* Bits of ctpy_bpf.fields: the part of a filter the event socket's BPF
+ * program (libnetfilter_conntrack's nfct_filter) checks in the kernel. */
+#define CTPY_B_PROTO 0x01
+#define CTPY_B_STATE 0x02       /* TCP states */
+#define CTPY_B_SRC   0x04       /* original source address/mask */
+#define CTPY_B_DST   0x08       /* original destination address/mask */
+#define CTPY_B_MARK  0x10
+#define CTPY_B_ZONE  0x20       /* libnetfilter_conntrack >= 1.1.0 */
+
+struct ctpy_bpf {
+    uint32_t fields;        /* CTPY_B_* */
+    uint32_t states;        /* bit n set: TCP state n passes (n < 16) */
+    uint32_t mark_val;
+    uint32_t mark_mask;
+    struct ctpy_cidr src;   /* network byte order, as in ctpy_filter */
+    struct ctpy_cidr dst;
+    uint16_t zone;
+    uint8_t proto;
+};
 
 struct ctpy_sock;
 
@@ -247,6 +272,9 @@ int ctpy_top_result(struct ctpy_top *t, int max, uint8_t *keys, uint64_t *counts
 int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
                          uint64_t *mismatched, struct ctpy_record *first_fast,
                          struct ctpy_record *first_ref);
+int ctpy_parse_message(const void *msg, uint32_t len, struct ctpy_record *out,
+                       char *pool, uint32_t pool_size, struct ctpy_record *ref,
+                       char *ref_pool, int *ref_rc, int *differ);
 
 int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                  const struct ctpy_record *r, const char *pool,
@@ -267,7 +295,11 @@ int ctpy_events_subscribe(struct ctpy_sock *s, uint32_t types);
 int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
                      struct ctpy_record *out, uint8_t *types, int max,
                      char *pool, uint32_t pool_size, int timeout_ms,
-                     uint32_t *overflows);
+                     uint32_t *overflows, int64_t *lost);
+int ctpy_events_fd(const struct ctpy_sock *s);
+int ctpy_events_drops(const struct ctpy_sock *s, uint32_t *drops);
+int ctpy_events_bpf(struct ctpy_sock *s, const struct ctpy_bpf *b);
+int ctpy_events_bpf_zone(void);
 int ctpy_setns(int netns_fd);
 int ctpy_unshare_netns(void);
 const char *ctpy_nfct_version(void);

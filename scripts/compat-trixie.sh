@@ -27,4 +27,6 @@ cd "$work/src"
 PKG_CONFIG_PATH="$lib/pkgconfig" "$py" build_ffi.py
 export LD_LIBRARY_PATH="$lib"
 "$py" -c 'import conntrack; v = conntrack.nfct_version(); print("built against libnetfilter_conntrack", v); assert v.startswith("1.1")'
-"$py" -m pytest -q -p no:cacheprovider tests/test_flow.py tests/test_table.py tests/test_reference.py tests/test_traffic.py
+"$py" -c 'from conntrack import _binding; assert _binding.BPF_ZONE, "1.1.0 filters events by zone: not detected"'
+"$py" -m pytest -q -p no:cacheprovider tests/test_flow.py tests/test_table.py tests/test_reference.py tests/test_traffic.py \
+    tests/test_events.py tests/test_events_bpf.py

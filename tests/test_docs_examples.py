@@ -9,6 +9,7 @@ namespace, the way a reader would.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import re
@@ -499,3 +500,67 @@ def test_netns_example_runs_as_a_script(netns):
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "%s: %d entries, %d UNREPLIED\n" % (netns.name, UNREPLIED + REPLIED, UNREPLIED)
+
+
+# -- events.rst -----------------------------------------------------------------
+
+
+def _service_burst(n: int) -> List[Flow]:
+    """n connections to the example's service (10.9.0.2:443) and as many to elsewhere."""
+    return [Flow(proto=proto, src="10.%d.%d.%d" % (4 + k, i // 250, i % 250 + 1), dst=dst,
+                 sport=1000 + k, dport=dport, timeout=600)
+            for i in range(n)
+            for k, (proto, dst, dport) in enumerate((("tcp", "10.9.0.2", 443), ("udp", "10.9.0.3", 53)))]
+
+
+def test_service_agent_stays_whole_across_an_overflow(ns_ct):
+    from prometheus_client import CollectorRegistry
+
+    example = load("service_agent")
+    registry = CollectorRegistry()
+    value = registry.get_sample_value
+
+    async def main():
+        agent = example.ServiceAgent(registry)
+        with Conntrack(ns_ct.ns.name) as listener:
+            task = asyncio.ensure_future(agent.run(listener, rcvbuf=64 * 1024))
+            await agent.subscribed.wait()
+            # made while the agent cannot read (this blocks the loop): its buffer overflows
+            ns_ct.create_many(_service_burst(6000))
+            ns_ct.delete(Filter(proto="tcp", src="10.4.0.0/24"))  # 250 DESTROY
+            want = {f.id for f in ns_ct.dump(example.SERVICE)}
+            deadline = time.monotonic() + 120
+            while set(agent.flows) != want and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return agent, want
+
+    agent, want = asyncio.run(main())
+    assert len(want) == 6000 - 250 and set(agent.flows) == want
+    assert value("service_connections_active") == len(want)
+    assert value("service_resyncs_total") >= 2 and value("service_events_lost_total") > 0  # start + overflow
+    told = value("service_connections_opened_total") + value("service_connections_closed_total")
+    if ns_ct.features.events_bpf:
+        # the kernel passes only the service's connections (its protocol and address):
+        # what the agent was told about, plus what it lost, is every NEW and DESTROY of the service
+        assert told + value("service_events_lost_total") == 6000 + 250
+    else:  # the other half is lost too, or dropped in C
+        assert told + value("service_events_lost_total") <= 2 * 6000 + 250
+
+
+def test_service_agent_runs_as_a_script(netns):
+    with Conntrack(netns.name) as ct:
+        ct.create_many(_service_burst(10))
+    out = run_in(netns, "service_agent.py", "0", "0.5")
+    assert out == "active 10, opened 0, lost 0, resyncs 1\n"  # the entries that were there
+
+
+@pytest.mark.parametrize("keywords", [
+    dict(proto="tcp", dst="10.9.0.2", dport=443),
+    dict(proto="tcp", state=["SYN_SENT", "ESTABLISHED"], mark="0x10/0xff"),
+])
+def test_events_explain_output_shown_in_events_page(keywords):
+    page = (ROOT / "docs" / "events.rst").read_text(encoding="utf-8")
+    assert repr(Filter(**keywords).explain(KernelFeatures.detect("6.18"), events=True)) in page

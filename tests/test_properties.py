@@ -179,7 +179,7 @@ def reference_match(flt: Filter, f: Flow) -> bool:
         return False
     if flt.assured is not None and f.assured != flt.assured:
         return False
-    if flt.mark is not None and (f.mark & flt.mark[1]) != flt.mark[0]:
+    if flt.mark is not None and ((f.mark or 0) & flt.mark[1]) != flt.mark[0]:  # events may omit a zero mark
         return False
     if flt.zone is not None and f.zone != flt.zone:
         return False

@@ -11,7 +11,7 @@ def follow(ct: Conntrack, idle: float = 1.0) -> Counter:
     for ev in ct.events(Filter(proto="udp", dport=53), types=EventType.NEW | EventType.DESTROY,
                         idle_timeout=idle):
         if ev.type == EventType.OVERFLOW:
-            print("events were lost: re-dump for a whole view")
+            print("%s events were lost: stream.resync() for a whole view" % ev.lost)
         else:
             print(ev.type.name, ev.flow)
         seen[ev.type.name] += 1
