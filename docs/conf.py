@@ -26,9 +26,10 @@ extensions = [
 ]
 
 exclude_patterns = ["_build"]
-html_theme = "alabaster"
-html_static_path: list = []
-html_theme_options = {"description": "The Linux conntrack table from Python"}
+html_theme = "furo"  # a wide content column: code lines and signatures are not cut
+html_title = "conntrack %s" % release
+html_static_path = ["_static"]
+html_css_files = ["wrap-code.css"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"

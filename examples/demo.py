@@ -24,8 +24,8 @@ from conntrack import Filter, Flow  # noqa: E402
 INJECT = 4000
 NFT = """
 table inet demo {
-  chain out { type filter hook output priority 0; ct state new,established,related accept; }
-  chain in  { type filter hook input priority 0; ct state new,established,related accept; }
+  chain output { type filter hook output priority 0; ct state new,established,related accept; }
+  chain input  { type filter hook input priority 0; ct state new,established,related accept; }
 }
 """
 TRAFFIC = """
@@ -40,7 +40,10 @@ sys.stdin.read()
 
 
 def sh(*cmd: str, input: str | None = None) -> None:
-    subprocess.run(cmd, input=input, text=True, check=True, capture_output=True)
+    proc = subprocess.run(cmd, input=input, text=True, capture_output=True)
+    if proc.returncode != 0:  # say what the tool said, not only its exit status
+        raise SystemExit("demo: `%s` failed (exit %d): %s"
+                         % (" ".join(cmd), proc.returncode, proc.stderr.strip() or "(no message)"))
 
 
 def injected() -> list[Flow]:

@@ -18,8 +18,8 @@ from typing import List, Optional
 
 NFT_RULES = """
 table inet ctpytest {
-  chain out { type filter hook output priority 0; ct state new,established,related accept; }
-  chain in  { type filter hook input priority 0; ct state new,established,related accept; }
+  chain output { type filter hook output priority 0; ct state new,established,related accept; }
+  chain input  { type filter hook input priority 0; ct state new,established,related accept; }
 }
 """
 

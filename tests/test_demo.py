@@ -22,3 +22,14 @@ def test_demo_runs_and_reports(netns):  # netns: only for the root check and CI'
     assert "left: 2001 entries, 0 UNREPLIED" in text
     leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "ctdemo-" not in leftover
+
+
+def test_demo_shows_why_ip_netns_failed(netns):
+    # a real failure of `ip netns add`: /run/netns read-only in a private mount namespace
+    os.makedirs("/run/netns", exist_ok=True)
+    script = "mount -t tmpfs -o ro tmpfs /run/netns && exec \"$0\" \"$1\""
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                          sys.executable, DEMO], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "`ip netns add ctdemo-" in out.stderr
+    assert "Read-only file system" in out.stderr, out.stderr

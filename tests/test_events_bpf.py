@@ -122,7 +122,7 @@ def test_explain_for_events_names_each_side():
 
 
 ZONE_RULES = """table inet zones {
-  chain out { type filter hook output priority -300; udp dport 5000 ct original zone set 3; }
+  chain output { type filter hook output priority -300; udp dport 5000 ct original zone set 3; }
 }
 """
 

@@ -105,17 +105,17 @@ table inet rich {
   ct helper ftp-std { type "ftp" protocol tcp; }
   chain raw { type filter hook output priority -300;
     udp dport 40300 ct original zone set 5; udp dport 40301 ct reply zone set 9; }
-  chain out { type filter hook output priority 0;
+  chain output { type filter hook output priority 0;
     tcp dport 21 ct helper set "ftp-std";
 %(labels)s
     ct state new,established,related accept; }
 }
 table ip nat4 {
-  chain out { type nat hook output priority -100; udp dport 40200 dnat to 127.0.0.1:40201; }
+  chain output { type nat hook output priority -100; udp dport 40200 dnat to 127.0.0.1:40201; }
   chain post { type nat hook postrouting priority 100; udp dport 40202 snat to 127.0.0.2; }
 }
 table ip6 nat6 {
-  chain out { type nat hook output priority -100; udp dport 40210 dnat to [::1]:40211; }
+  chain output { type nat hook output priority -100; udp dport 40210 dnat to [::1]:40211; }
 }
 """ % {"labels": "\n".join("    udp dport %d ct label set %d;" % (41000 + b, b) for b in LABEL_BITS)}
 
@@ -265,7 +265,7 @@ def test_events_match_libnetfilter_conntrack(ns_ct):
 
 LABEL_PROBES = """
 table inet lbl {
-  chain out { type filter hook output priority 0;
+  chain output { type filter hook output priority 0;
 %s
   }
 }

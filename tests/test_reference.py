@@ -10,6 +10,8 @@ from helpers import CLI_CREATES
 from conntrack import Filter, Flow
 from conntrack.features import kernel_version
 
+pytestmark = pytest.mark.tool  # every test here compares with conntrack(8)
+
 
 def _norm(line: str) -> str:
     """Drop what ticks between two reads: the timeout (third field) and use=."""
