@@ -11,7 +11,7 @@ looks at a record that does not match.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from . import _binding
@@ -259,22 +259,24 @@ class Filter:
     @property
     def matches_everything(self) -> bool:
         """True when no part of the filter restricts anything, so it matches
-        every entry: ``Filter()``, ``mark=(5, 0)`` (mask 0), ``status=0``,
+        every entry: ``Filter()``, ``mark=(0, 0)`` (mask 0), ``status=0``,
         ``labels=[]``.  :meth:`Conntrack.delete <conntrack.Conntrack.delete>`
         refuses such a filter unless told ``all=True``.
 
-        Read from the filter's own fields, not from what it compiles to.
+        Read from the filter's own fields, not from what it compiles to: any
+        field that is set restricts, except an empty status, a zero mark mask
+        and an empty label set (so a field added later restricts by default).
         """
-        for name in ("family", "proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport",
-                     "state", "unreplied", "assured", "snat", "dnat", "zone",
-                     "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat"):
-            if getattr(self, name) is not None:
-                return False
-        if self.status is not None and int(self.status) != 0:
-            return False
-        if self.mark is not None and self.mark[1] != 0:
-            return False
-        if self.labels is not None and any(self.labels):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "status" and int(value) == 0:
+                continue
+            if f.name == "mark" and value[1] == 0:
+                continue
+            if f.name == "labels" and not any(value):
+                continue
             return False
         return True
 

@@ -10,6 +10,7 @@ another thread, or in a child after ``fork()``, raises
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -853,16 +854,14 @@ def _rows(batches: Iterator[_binding.Batch], names: Tuple[str, ...], int_address
 
 
 def _filter_kwargs(flt: Filter) -> dict:
-    """The keywords that rebuild *flt* (used to add a family)."""
+    """The keywords that rebuild *flt* but its family (used to add a family):
+    every field of the dataclass, so a new field cannot be dropped here."""
     out: dict = {}
-    for name in ("proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport", "state",
-                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone",
-                 "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat"):
-        value = getattr(flt, name)
-        if value is not None:
-            out[name] = value
-    if flt.labels is not None:
-        out["labels"] = int.from_bytes(flt.labels, "little")
+    for f in dataclasses.fields(flt):
+        value = getattr(flt, f.name)
+        if f.name == "family" or value is None:
+            continue
+        out[f.name] = int.from_bytes(value, "little") if f.name == "labels" else value
     return out
 
 
