@@ -72,7 +72,6 @@ def load_at_boot(root: str = "/") -> Optional[str]:
     return path
 
 
-
 # -- the drop-in ------------------------------------------------------------------------------
 
 
@@ -125,7 +124,6 @@ _DROPIN_RANGES = {
 }
 
 
-
 def _dropin_key(key: object) -> str:
     """*key* when it is one of the keys this module owns (dotted form)."""
     if not isinstance(key, str):
@@ -135,7 +133,6 @@ def _dropin_key(key: object) -> str:
         raise ValueError("values: %r is not a key this library writes (net.netfilter.nf_conntrack_max, "
                          "_buckets, _acct, _timestamp or an nf_conntrack_*timeout*)" % (key,))
     return key
-
 
 
 def _dropin_value(key: str, value: object) -> int:

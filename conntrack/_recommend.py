@@ -34,6 +34,7 @@ class Recommendation:
     def __str__(self) -> str:
         return self.explanation
 
+
 def mem_total(root: str = "/") -> int:
     """MemTotal from <root>/proc/meminfo, in bytes."""
     path = _path(root, "proc/meminfo")

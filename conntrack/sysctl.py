@@ -137,7 +137,6 @@ class Usage:
         return "%d of %d entries (%.1f%%)" % (self.count, self.max, 100 * self.fill)
 
 
-
 # -- paths and namespaces -------------------------------------------------------
 
 
