@@ -533,8 +533,14 @@ class Socket:
         ncpu = max(os.cpu_count() or 1, 1) * 2 + 64
         out = ffi.new("struct ctpy_cpu_stats[]", ncpu)
         n = check(lib.ctpy_cpu_stats(self._p(), out, ncpu), "per-CPU statistics")
-        names = [f[0] for f in ffi.typeof("struct ctpy_cpu_stats").fields]
-        return [{k: int(getattr(out[i], k)) for k in names} for i in range(n)]
+        counters = [f[0] for f in ffi.typeof("struct ctpy_cpu_stats").fields][2:]  # after cpu, present
+        rows = []
+        for i in range(n):
+            o = out[i]
+            row = {"cpu": int(o.cpu)}
+            row.update((k, int(getattr(o, k))) for bit, k in enumerate(counters) if o.present >> bit & 1)
+            rows.append(row)
+        return rows  # only the counters this kernel sends, as conntrack -S shows them
 
 
 class DumpState:

@@ -1964,16 +1964,22 @@ static void keep_cpu_stats(const struct nlmsghdr *nlh, void *data)
     o = &cs->out[cs->n++];
     memset(o, 0, sizeof(*o));
     o->cpu = ntohs(nfh->res_id);
-    o->found = attr_be32(c.tb[CTA_STATS_FOUND]);
-    o->invalid = attr_be32(c.tb[CTA_STATS_INVALID]);
-    o->insert = attr_be32(c.tb[CTA_STATS_INSERT]);
-    o->insert_failed = attr_be32(c.tb[CTA_STATS_INSERT_FAILED]);
-    o->drop = attr_be32(c.tb[CTA_STATS_DROP]);
-    o->early_drop = attr_be32(c.tb[CTA_STATS_EARLY_DROP]);
-    o->error = attr_be32(c.tb[CTA_STATS_ERROR]);
-    o->search_restart = attr_be32(c.tb[CTA_STATS_SEARCH_RESTART]);
-    o->clash_resolve = attr_be32(c.tb[CTA_STATS_CLASH_RESOLVE]);
-    o->chaintoolong = attr_be32(c.tb[CTA_STATS_CHAIN_TOOLONG]);
+    /* Only what this kernel sends: older kernels lack chaintoolong (5.15) and
+     * clash_resolve (5.9), newer ones dropped ignore (5.13). */
+#define KEEP(bit, field, attr) \
+    if (c.tb[attr]) { o->field = attr_be32(c.tb[attr]); o->present |= 1u << (bit); }
+    KEEP(0, found, CTA_STATS_FOUND)
+    KEEP(1, invalid, CTA_STATS_INVALID)
+    KEEP(2, ignore, CTA_STATS_IGNORE)
+    KEEP(3, insert, CTA_STATS_INSERT)
+    KEEP(4, insert_failed, CTA_STATS_INSERT_FAILED)
+    KEEP(5, drop, CTA_STATS_DROP)
+    KEEP(6, early_drop, CTA_STATS_EARLY_DROP)
+    KEEP(7, error, CTA_STATS_ERROR)
+    KEEP(8, search_restart, CTA_STATS_SEARCH_RESTART)
+    KEEP(9, clash_resolve, CTA_STATS_CLASH_RESOLVE)
+    KEEP(10, chaintoolong, CTA_STATS_CHAIN_TOOLONG)
+#undef KEEP
 }
 
 int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max)

@@ -202,8 +202,10 @@ struct ctpy_top;
 /* Per-CPU statistics (IPCTNL_MSG_CT_GET_STATS_CPU). */
 struct ctpy_cpu_stats {
     uint32_t cpu;
+    uint32_t present;          /* bit i: the i-th counter below was sent by the kernel */
     uint32_t found;
     uint32_t invalid;
+    uint32_t ignore;           /* removed from the kernel's statistics in 5.13 */
     uint32_t insert;
     uint32_t insert_failed;
     uint32_t drop;
