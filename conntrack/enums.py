@@ -253,8 +253,8 @@ def parse_proto(value: object, field: str = "proto") -> Proto:
             return Proto(socket.getprotobyname(key))
         except (OSError, ValueError):
             # no such name, or no /etc/protocols (Debian's netbase): the library's names
-            raise InvalidValue(keyword(field), "%s: unknown protocol %r (expected a number, proto_N, one of %s, or a "
-                             "name from /etc/protocols)" % (field, value, ", ".join(Proto.__members__))) from None
+            raise InvalidValue(keyword(field), "%s: unknown protocol %r (expected a number, proto_N, one of %s, "
+                               "or a name from /etc/protocols)" % (field, value, ", ".join(Proto.__members__))) from None
     return _parse_enum(Proto, value, field)
 
 
@@ -301,7 +301,8 @@ def parse_status(value: object, field: str = "status") -> Status:
             member = Status.__members__.get(part.upper())
             if member is None:
                 names = ", ".join(Status.__members__)
-                raise InvalidValue(keyword(field), "%s: unknown status bit %r (expected names from: %s)" % (field, part, names)
+                raise InvalidValue(
+                    keyword(field), "%s: unknown status bit %r (expected names from: %s)" % (field, part, names)
                 )
             result |= member
         return result

@@ -65,7 +65,8 @@ def _nat(value: Any, field_name: str) -> NatMatch:
         if addr is None and port is None:
             raise InvalidValue(keyword(field_name), "%s: %r gives no address and no port" % (field_name, value))
     else:
-        raise InvalidType(keyword(field_name), "%s: expected True, an address or \"ADDR:PORT\", got %r" % (field_name, value))
+        raise InvalidType(keyword(field_name),
+                      "%s: expected True, an address or \"ADDR:PORT\", got %r" % (field_name, value))
     return NatMatch(check_address(addr, field_name) if addr is not None else None,
                     check_port(port, field_name + " port") if port is not None else None)
 
@@ -81,13 +82,15 @@ def _network(value: Any, field_name: str) -> Network:
     try:
         return ipaddress.ip_network(value, strict=False)
     except (ValueError, TypeError):
-        raise InvalidValue(keyword(field_name), "%s: %r is not an address or CIDR network" % (field_name, value)) from None
+        raise InvalidValue(keyword(field_name),
+                           "%s: %r is not an address or CIDR network" % (field_name, value)) from None
 
 
 def _ports(value: PortSpec, field_name: str) -> Tuple[int, int]:
     if isinstance(value, range):
         if value.step != 1 or len(value) == 0:
-            raise InvalidValue(keyword(field_name), "%s: a range of ports needs step 1 and at least one port" % field_name)
+            raise InvalidValue(keyword(field_name),
+                               "%s: a range of ports needs step 1 and at least one port" % field_name)
         lo, hi = value.start, value.stop - 1
     elif isinstance(value, tuple):
         if len(value) != 2:
@@ -118,7 +121,8 @@ def _masked(value: Any, field_name: str, bits: int) -> Tuple[int, int]:
     m = check_int(mask.strip() if isinstance(mask, str) else mask, field_name + " mask", 0, top)
     if v & ~m:
         # read literally it matches nothing; masking the value would widen the match
-        raise InvalidValue(keyword(field_name), "%s: value %#x has bits outside the mask %#x (it can never match)" % (field_name, v, m))
+        raise InvalidValue(keyword(field_name),
+                           "%s: value %#x has bits outside the mask %#x (it can never match)" % (field_name, v, m))
     return v, m
 
 

@@ -115,7 +115,8 @@ def check_address(value: Any, field: str, family: Optional[Family] = None) -> IP
         except ValueError:
             raise InvalidValue(keyword(field), "%s: %r is not an IPv4 or IPv6 address" % (field, value)) from None
     if family is not None and _family_of(addr) != family:
-        raise InvalidValue(keyword(field), "%s: %s is not an %s address" % (field, addr, "IPv4" if family == Family.ipv4 else "IPv6")
+        raise InvalidValue(
+            keyword(field), "%s: %s is not an %s address" % (field, addr, "IPv4" if family == Family.ipv4 else "IPv6")
         )
     return addr
 
