@@ -14,7 +14,8 @@ import sys
 import textwrap
 import time
 import uuid
-from typing import List, Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
 NFT_RULES = """
 table inet ctpytest {
@@ -128,3 +129,28 @@ CLI_CREATES = [
     ["-p", "tcp", "-s", "10.0.0.3", "-d", "10.0.0.4", "--sport", "1", "--dport", "2", "-t", "300",
      "--state", "SYN_SENT"],
 ]
+
+
+HOST_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+
+@contextmanager
+def host_max_at_least(n: int) -> Iterator[None]:
+    """The host's global nf_conntrack_max raised to *n* for a block when it is lower (a
+    small VM's default, e.g. 65536 with 2 GiB), and put back after; never lowered.  Each
+    namespace's table is capped by it, so a test that needs n entries needs this."""
+    with open(HOST_MAX) as f:
+        before = int(f.read())
+    if before >= n:
+        yield
+        return
+    with open(HOST_MAX, "w") as f:
+        f.write("%d\n" % n)
+    try:
+        yield
+    finally:
+        with open(HOST_MAX) as f:
+            now = int(f.read())
+        if now == n:  # another process's change stays
+            with open(HOST_MAX, "w") as f:
+                f.write("%d\n" % before)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 
-from helpers import TCP_PAIR
+from helpers import TCP_PAIR, host_max_at_least
 
 import conntrack
 from conntrack import EventType, Filter, Flow
@@ -208,6 +208,11 @@ def _create_big(ct: conntrack.Conntrack, n: int) -> None:
 
 def test_loop_stays_responsive_while_a_200k_dump_runs_in_a_thread(ns_ct):
     n = 200_000
+    with host_max_at_least(n + 1000):
+        _run_responsive(ns_ct, n)
+
+
+def _run_responsive(ns_ct: conntrack.Conntrack, n: int) -> None:
     _create_big(ns_ct, n)
 
     async def main():
