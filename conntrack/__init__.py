@@ -22,13 +22,22 @@ from .errors import (
     BulkDeleteError,
     ConntrackError,
     ConntrackOSError,
+    ConntrackWarning,
     DeleteInterrupted,
+    DumpInterrupted,
     Exists,
     HandleClosed,
+    InvalidType,
+    InvalidValue,
     MatchesEverything,
+    MissingDependency,
     NoPermission,
     NotANamespace,
     NotFound,
+    NotLoaded,
+    PersistOverridden,
+    ProxmoxFirewallWarning,
+    ReadOnlyInNamespace,
     TimedOut,
     Unsupported,
     WrongOwner,
@@ -40,7 +49,20 @@ from .flow import Counters, Flow, FlowTuple
 from .table import Conntrack, DeleteResult, Summary
 from .top import Top
 
-__version__ = "0.1.0"
+_PYPROJECT_VERSION = "0.1.0"
+"""pyproject.toml's version: ``__version__`` when the package is not installed (a checkout)."""
+
+
+def _package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyconntrack")
+    except metadata.PackageNotFoundError:
+        return _PYPROJECT_VERSION
+
+
+__version__ = _package_version()
 
 __all__ = [
     "health",
@@ -49,32 +71,41 @@ __all__ = [
     "Conntrack",
     "ConntrackError",
     "ConntrackOSError",
+    "ConntrackWarning",
     "Counters",
     "DCCPState",
     "DeleteInterrupted",
     "DeleteResult",
+    "DumpInterrupted",
     "Event",
     "EventStream",
     "EventType",
     "Exists",
     "Family",
     "Filter",
-    "HandleClosed",
-    "MatchesEverything",
     "Flow",
     "FlowTuple",
+    "HandleClosed",
+    "InvalidType",
+    "InvalidValue",
     "KernelFeatures",
+    "MatchesEverything",
+    "MissingDependency",
     "NoPermission",
     "NotANamespace",
     "NotFound",
+    "NotLoaded",
+    "PersistOverridden",
     "Plan",
     "Proto",
+    "ProxmoxFirewallWarning",
+    "ReadOnlyInNamespace",
     "SCTPState",
     "Status",
     "Summary",
     "TCPState",
-    "Top",
     "TimedOut",
+    "Top",
     "Unsupported",
     "WrongOwner",
     "nfct_version",

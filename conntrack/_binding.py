@@ -8,6 +8,7 @@ conversion of filter plans into C structs, and the errno funnel.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import sys
@@ -459,7 +460,7 @@ class Socket:
             keylen = check(lib.ctpy_top_keylen(spec), "top")
             ptr = lib.ctpy_top_new(spec)
             if ptr == ffi.NULL:
-                raise from_errno(12, "top")
+                raise from_errno(errno.ENOMEM, "top")
             t = ffi.gc(ptr, lib.ctpy_top_free)
         out = ffi.new("struct ctpy_summary *")
         sock = self._start_dump(family, kf)
@@ -577,7 +578,7 @@ class EventSocket:
         err = ffi.new("int *")
         ptr = lib.ctpy_open(-1 if netns_fd is None else netns_fd, rcvbuf, err)
         if ptr == ffi.NULL:
-            raise from_errno(err[0] if err[0] > 0 else 5, "cannot open a ctnetlink event socket")
+            raise from_errno(err[0] if err[0] > 0 else errno.EIO, "cannot open a ctnetlink event socket")
         self._ptr = ffi.gc(ptr, lib.ctpy_close)
         self._overflows = ffi.new("uint32_t *")
         self._lost = ffi.new("int64_t *")

@@ -39,7 +39,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import signal
 import stat
 import sys
@@ -77,7 +76,7 @@ KEY_TIMEOUTS = (
 )
 """The timeouts ``limits`` shows in text (``--json`` has them all)."""
 
-# Library field names (as they open a ValueError's message) -> the option that set them.
+# Library field names (an InvalidValue's ``field``) -> the option that set them.
 _OPTION_OF = {
     "family": "--family", "proto": "--proto", "src": "--src", "dst": "--dst",
     "reply_src": "--reply-src", "reply_dst": "--reply-dst", "sport": "--sport", "dport": "--dport",
@@ -86,7 +85,6 @@ _OPTION_OF = {
     "any_nat": "--any-nat",
     "interval": "--interval", "max": "N",
 }
-_FIELD_RE = re.compile(r"^([a-z_]+)((?: mask| port)?): ")
 
 
 class UsageError(Exception):
@@ -113,9 +111,10 @@ def _message(exc: BaseException) -> str:
     else:
         text = str(exc) or type(exc).__name__
     if isinstance(exc, (ValueError, TypeError, UsageError)):
-        m = _FIELD_RE.match(text)
-        if m and m.group(1) in _OPTION_OF:
-            text = "%s%s: %s" % (_OPTION_OF[m.group(1)], m.group(2), text[m.end():])
+        # sysctl's errors carry no .field yet: their message opens with it ("max: ...")
+        field = getattr(exc, "field", None) or text.partition(":")[0]
+        if field in _OPTION_OF and text.startswith(field) and text[len(field):len(field) + 1] in (":", " "):
+            text = _OPTION_OF[field] + text[len(field):]
     return " ".join(text.split())  # one line
 
 

@@ -11,6 +11,7 @@ import socket
 from typing import Type, TypeVar, Union
 
 from ._nfct import lib
+from .errors import InvalidType, InvalidValue, keyword
 
 _E = TypeVar("_E", bound=enum.IntEnum)
 
@@ -231,13 +232,13 @@ def _parse_enum(cls: Type[_E], value: object, field: str) -> _E:
             if name.lower() == key:
                 return member
         names = ", ".join(cls.__members__)
-        raise ValueError("%s: unknown name %r (expected one of: %s)" % (field, value, names))
+        raise InvalidValue(keyword(field), "%s: unknown name %r (expected one of: %s)" % (field, value, names))
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             return cls(value)
         except ValueError:
-            raise ValueError("%s: %d is not a valid %s" % (field, value, cls.__name__)) from None
-    raise TypeError("%s: expected %s, a name or an int, got %r" % (field, cls.__name__, value))
+            raise InvalidValue(keyword(field), "%s: %d is not a valid %s" % (field, value, cls.__name__)) from None
+    raise InvalidType(keyword(field), "%s: expected %s, a name or an int, got %r" % (field, cls.__name__, value))
 
 
 def parse_proto(value: object, field: str = "proto") -> Proto:
@@ -252,8 +253,8 @@ def parse_proto(value: object, field: str = "proto") -> Proto:
             return Proto(socket.getprotobyname(key))
         except (OSError, ValueError):
             # no such name, or no /etc/protocols (Debian's netbase): the library's names
-            raise ValueError("%s: unknown protocol %r (expected a number, proto_N, one of %s, or a "
-                             "name from /etc/protocols)" % (field, value, ", ".join(Proto.__members__))) from None
+            raise InvalidValue(keyword(field), "%s: unknown protocol %r (expected a number, proto_N, one of %s, "
+                               "or a name from /etc/protocols)" % (field, value, ", ".join(Proto.__members__))) from None
     return _parse_enum(Proto, value, field)
 
 
@@ -270,9 +271,9 @@ def parse_state(proto: Proto, value: object, field: str = "state") -> State:
     """A state of *proto* from a member, a name such as ``"ESTABLISHED"`` or a number."""
     cls = STATE_ENUMS.get(proto)
     if cls is None:
-        raise ValueError("%s: protocol %s has no states" % (field, proto.name))
+        raise InvalidValue(keyword(field), "%s: protocol %s has no states" % (field, proto.name))
     if isinstance(value, enum.IntEnum) and not isinstance(value, cls):
-        raise ValueError("%s: %r is not a %s state" % (field, value, proto.name))
+        raise InvalidValue(keyword(field), "%s: %r is not a %s state" % (field, value, proto.name))
     return _parse_enum(cls, value, field)  # type: ignore[return-value]
 
 
@@ -282,11 +283,11 @@ def parse_status(value: object, field: str = "status") -> Status:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0 or value > 0xFFFFFFFF:
-            raise ValueError("%s: %d is out of range 0..0xffffffff" % (field, value))
+            raise InvalidValue(keyword(field), "%s: %d is out of range 0..0xffffffff" % (field, value))
         return Status(value)
     if isinstance(value, str):
         if not value.strip():
-            raise ValueError("%s: empty (give bit names such as ASSURED|SEEN_REPLY, or a number)" % field)
+            raise InvalidValue(keyword(field), "%s: empty (give bit names such as ASSURED|SEEN_REPLY, or a number)" % field)
         try:
             return parse_status(int(value.strip(), 0), field)
         except ValueError as exc:
@@ -300,8 +301,8 @@ def parse_status(value: object, field: str = "status") -> Status:
             member = Status.__members__.get(part.upper())
             if member is None:
                 names = ", ".join(Status.__members__)
-                raise ValueError(
-                    "%s: unknown status bit %r (expected names from: %s)" % (field, part, names)
+                raise InvalidValue(
+                    keyword(field), "%s: unknown status bit %r (expected names from: %s)" % (field, part, names)
                 )
             result |= member
         return result
@@ -310,4 +311,4 @@ def parse_status(value: object, field: str = "status") -> Status:
         for part in value:
             result |= parse_status(part, field)
         return result
-    raise TypeError("%s: expected Status, an int or names, got %r" % (field, value))
+    raise InvalidType(keyword(field), "%s: expected Status, an int or names, got %r" % (field, value))

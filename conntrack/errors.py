@@ -3,8 +3,9 @@
 Every kernel error goes through :func:`from_errno`, so callers can catch
 either the package's classes or the matching built-in ``OSError`` subclass
 (``PermissionError``, ``FileNotFoundError``, ``FileExistsError``).
-Bad arguments raise plain :class:`ValueError` (or :class:`TypeError`) and
-never reach the kernel.
+Bad arguments raise :class:`ValueError` (or :class:`TypeError`) and never
+reach the kernel; those of a field checker are :class:`InvalidValue` (or
+:class:`InvalidType`), whose ``field`` names the keyword.
 """
 
 from __future__ import annotations
@@ -69,6 +70,31 @@ class MatchesEverything(ConntrackError, ValueError):
 
 class HandleClosed(ConntrackError, ValueError):
     """A method of a :class:`~conntrack.Conntrack` handle was called after :meth:`~conntrack.Conntrack.close`."""
+
+
+class InvalidValue(ConntrackError, ValueError):
+    """A bad value for a keyword argument; ``field`` names the keyword (``"dport"``).
+
+    The message opens with the field too, sometimes with a qualifier
+    (``"mark mask: ..."``, ``"src_nat port: ..."``).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidType(ConntrackError, TypeError):
+    """A keyword argument of the wrong type; ``field`` names the keyword."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def keyword(label: str) -> str:
+    """The keyword of a checker's *label*: ``"mark"`` for ``"mark mask"``."""
+    return label.partition(" ")[0]
 
 
 class WrongOwner(ConntrackError, RuntimeError):

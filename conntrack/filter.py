@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from . import _binding
 from .enums import Family, Proto, State, Status, parse_family, parse_proto, parse_state, parse_status
+from .errors import InvalidType, InvalidValue, keyword
 from .features import KernelFeatures
 from .flow import _PORT_PROTOS, IPAddress, check_address, check_int, check_port, labels_to_bytes
 
@@ -43,7 +44,7 @@ def _nat(value: Any, field_name: str) -> NatMatch:
         return NatMatch()
     if isinstance(value, tuple):
         if len(value) != 2:
-            raise ValueError("%s: expected (address, port), got %r" % (field_name, value))
+            raise InvalidValue(keyword(field_name), "%s: expected (address, port), got %r" % (field_name, value))
         addr, port = value
     elif isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         addr, port = value, None
@@ -52,7 +53,7 @@ def _nat(value: Any, field_name: str) -> NatMatch:
         if text.startswith("["):
             inner, sep, rest = text[1:].partition("]")
             if not sep or rest and not rest.startswith(":"):
-                raise ValueError("%s: %r is not [IPV6] or [IPV6]:PORT" % (field_name, value))
+                raise InvalidValue(keyword(field_name), "%s: %r is not [IPV6] or [IPV6]:PORT" % (field_name, value))
             addr, port = inner, rest[1:] if rest else None
         elif text.count(":") == 1:
             addr, _, port = text.partition(":")
@@ -60,11 +61,12 @@ def _nat(value: Any, field_name: str) -> NatMatch:
         else:
             addr, port = text, None
         if port == "":
-            raise ValueError("%s: %r has an empty port" % (field_name, value))
+            raise InvalidValue(keyword(field_name), "%s: %r has an empty port" % (field_name, value))
         if addr is None and port is None:
-            raise ValueError("%s: %r gives no address and no port" % (field_name, value))
+            raise InvalidValue(keyword(field_name), "%s: %r gives no address and no port" % (field_name, value))
     else:
-        raise TypeError("%s: expected True, an address or \"ADDR:PORT\", got %r" % (field_name, value))
+        raise InvalidType(keyword(field_name),
+                      "%s: expected True, an address or \"ADDR:PORT\", got %r" % (field_name, value))
     return NatMatch(check_address(addr, field_name) if addr is not None else None,
                     check_port(port, field_name + " port") if port is not None else None)
 
@@ -80,17 +82,19 @@ def _network(value: Any, field_name: str) -> Network:
     try:
         return ipaddress.ip_network(value, strict=False)
     except (ValueError, TypeError):
-        raise ValueError("%s: %r is not an address or CIDR network" % (field_name, value)) from None
+        raise InvalidValue(keyword(field_name),
+                           "%s: %r is not an address or CIDR network" % (field_name, value)) from None
 
 
 def _ports(value: PortSpec, field_name: str) -> Tuple[int, int]:
     if isinstance(value, range):
         if value.step != 1 or len(value) == 0:
-            raise ValueError("%s: a range of ports needs step 1 and at least one port" % field_name)
+            raise InvalidValue(keyword(field_name),
+                               "%s: a range of ports needs step 1 and at least one port" % field_name)
         lo, hi = value.start, value.stop - 1
     elif isinstance(value, tuple):
         if len(value) != 2:
-            raise ValueError("%s: expected (low, high), got %r" % (field_name, value))
+            raise InvalidValue(keyword(field_name), "%s: expected (low, high), got %r" % (field_name, value))
         lo, hi = value
     elif isinstance(value, str) and "-" in value:
         a, _, b = value.partition("-")
@@ -99,7 +103,7 @@ def _ports(value: PortSpec, field_name: str) -> Tuple[int, int]:
         lo = hi = value  # type: ignore[assignment]
     lo, hi = check_port(lo, field_name), check_port(hi, field_name)
     if lo > hi:
-        raise ValueError("%s: empty port range %d-%d" % (field_name, lo, hi))
+        raise InvalidValue(keyword(field_name), "%s: empty port range %d-%d" % (field_name, lo, hi))
     return lo, hi
 
 
@@ -107,7 +111,7 @@ def _masked(value: Any, field_name: str, bits: int) -> Tuple[int, int]:
     top = (1 << bits) - 1
     if isinstance(value, tuple):
         if len(value) != 2:
-            raise ValueError("%s: expected (value, mask), got %r" % (field_name, value))
+            raise InvalidValue(keyword(field_name), "%s: expected (value, mask), got %r" % (field_name, value))
         val, mask = value
     elif isinstance(value, str) and "/" in value:
         val, _, mask = value.partition("/")
@@ -117,7 +121,8 @@ def _masked(value: Any, field_name: str, bits: int) -> Tuple[int, int]:
     m = check_int(mask.strip() if isinstance(mask, str) else mask, field_name + " mask", 0, top)
     if v & ~m:
         # read literally it matches nothing; masking the value would widen the match
-        raise ValueError("%s: value %#x has bits outside the mask %#x (it can never match)" % (field_name, v, m))
+        raise InvalidValue(keyword(field_name),
+                           "%s: value %#x has bits outside the mask %#x (it can never match)" % (field_name, v, m))
     return v, m
 
 
@@ -194,7 +199,7 @@ class Filter:
             if nat.addr is not None:
                 nat_family = Family.ipv4 if nat.addr.version == 4 else Family.ipv6
                 if fam is not None and nat_family != fam:
-                    raise ValueError("%s: %s is not in family %s" % (name, nat.addr, fam.name))
+                    raise InvalidValue(keyword(name), "%s: %s is not in family %s" % (name, nat.addr, fam.name))
                 fam = nat_family
             nats[name] = nat
         nets = {}
@@ -204,23 +209,23 @@ class Filter:
             net = _network(value, name)
             net_family = Family.ipv4 if net.version == 4 else Family.ipv6
             if fam is not None and net_family != fam:
-                raise ValueError("%s: %s is not in family %s" % (name, net, fam.name))
+                raise InvalidValue(keyword(name), "%s: %s is not in family %s" % (name, net, fam.name))
             fam = net_family
             nets[name] = net
         p = parse_proto(proto) if proto is not None else None
         if p == Proto.icmp and fam == Family.ipv6 or p == Proto.icmpv6 and fam == Family.ipv4:
-            raise ValueError("proto: %s does not go with family %s" % (p.name, fam.name))  # type: ignore[union-attr]
+            raise InvalidValue("proto", "proto: %s does not go with family %s" % (p.name, fam.name))  # type: ignore[union-attr]
         states: Optional[Tuple[State, ...]] = None
         if state is not None:
             if p is None:
                 p = Proto.tcp  # state names are TCP's unless proto says otherwise
             items = [state] if isinstance(state, (str, int)) else list(state)  # type: ignore[arg-type]
             if not items:
-                raise ValueError("state: give at least one state")
+                raise InvalidValue("state", "state: give at least one state")
             states = tuple(parse_state(p, s) for s in items)
         for name, flag in (("unreplied", unreplied), ("assured", assured), ("snat", snat), ("dnat", dnat)):
             if flag is not None and not isinstance(flag, bool):
-                raise TypeError("%s: expected True, False or None, got %r" % (name, flag))
+                raise InvalidType(keyword(name), "%s: expected True, False or None, got %r" % (name, flag))
         bits = parse_status(status) if status is not None else None
         if bits is not None:
             # a status bit that must be set next to a flag that says it is clear
@@ -231,7 +236,7 @@ class Filter:
                 ("dnat", dnat, Status.DST_NAT, False),
             ):
                 if flag is clear_when and bits & bit:
-                    raise ValueError("%s=%s contradicts status %s (the filter could never match)"
+                    raise InvalidValue(keyword(name), "%s=%s contradicts status %s (the filter could never match)"
                                      % (name, flag, bit.name))
         if p is not None and (sport is not None or dport is not None) and p not in _PORT_PROTOS:
             raise ValueError("sport/dport: protocol %s has no ports" % p.name)

@@ -38,6 +38,7 @@ from .enums import (
     parse_state,
     parse_status,
 )
+from .errors import InvalidType, InvalidValue, keyword
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 AddressLike = Union[str, bytes, int, IPAddress]
@@ -95,12 +96,12 @@ def check_int(value: Any, field: str, lo: int, hi: int, *, strings: bool = True,
             try:
                 value = int(value, 0)
             except ValueError:
-                raise ValueError("%s: %r is not a number" % (field, value)) from None
+                raise InvalidValue(keyword(field), "%s: %r is not a number" % (field, value)) from None
         else:
-            raise TypeError("%s: expected an int, got %r" % (field, value))
+            raise InvalidType(keyword(field), "%s: expected an int, got %r" % (field, value))
     if not lo <= value <= hi:
         where = "the kernel's range" if kernel else "range"
-        raise ValueError("%s: %d is out of %s %d..%d" % (field, value, where, lo, hi))
+        raise InvalidValue(keyword(field), "%s: %d is out of %s %d..%d" % (field, value, where, lo, hi))
     return value
 
 
@@ -117,10 +118,10 @@ def check_address(value: Any, field: str, family: Optional[Family] = None) -> IP
         try:
             addr = ipaddress.ip_address(value)
         except ValueError:
-            raise ValueError("%s: %r is not an IPv4 or IPv6 address" % (field, value)) from None
+            raise InvalidValue(keyword(field), "%s: %r is not an IPv4 or IPv6 address" % (field, value)) from None
     if family is not None and _family_of(addr) != family:
-        raise ValueError(
-            "%s: %s is not an %s address" % (field, addr, "IPv4" if family == Family.ipv4 else "IPv6")
+        raise InvalidValue(
+            keyword(field), "%s: %s is not an %s address" % (field, addr, "IPv4" if family == Family.ipv4 else "IPv6")
         )
     return addr
 
@@ -152,7 +153,7 @@ def entry_fields(proto: Optional[Proto] = None, **values: Any) -> Tuple[int, Dic
             fields[name] = int(parse_status(value))
         elif name == "state":
             if proto is None:
-                raise ValueError("state: needs the flow's protocol")
+                raise InvalidValue("state", "state: needs the flow's protocol")
             fields[name] = int(parse_state(proto, value))
         elif name == "labels":
             fields[name] = labels_to_bytes(value)
@@ -513,9 +514,9 @@ class Flow:
         rs = check_address(reply_src, "reply_src", fam) if reply_src is not None else d
         rd = check_address(reply_dst, "reply_dst", fam) if reply_dst is not None else s
         if p == Proto.icmp and fam != Family.ipv4:
-            raise ValueError("proto: icmp needs IPv4 addresses (use icmpv6)")
+            raise InvalidValue("proto", "proto: icmp needs IPv4 addresses (use icmpv6)")
         if p == Proto.icmpv6 and fam != Family.ipv6:
-            raise ValueError("proto: icmpv6 needs IPv6 addresses (use icmp)")
+            raise InvalidValue("proto", "proto: icmpv6 needs IPv6 addresses (use icmp)")
 
         orig_ports = (0, 0)
         reply_ports = (0, 0)
@@ -557,7 +558,7 @@ class Flow:
         present |= _HAS["orig"] | _HAS["reply"]
         if helper is not None:
             if not isinstance(helper, str) or not 0 < len(helper.encode()) < 16:
-                raise ValueError("helper: expected a helper name of 1..15 bytes, got %r" % (helper,))
+                raise InvalidValue("helper", "helper: expected a helper name of 1..15 bytes, got %r" % (helper,))
             present |= _HAS["helper"]
 
         b = _binding.single()

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import sysctl
 from ._limits import fill, sum_cpus
-from .errors import ConntrackError
+from .errors import ConntrackError, InvalidValue
 from .table import Conntrack
 
 WARNING_FILL = 0.90
@@ -201,7 +201,7 @@ def sample(ct: Optional[Conntrack] = None, root: str = "/") -> Sample:
     """
     own = ct is None
     handle = Conntrack() if ct is None else ct
-    fd: Optional[int] = getattr(handle, "_netns_fd", None)
+    fd = handle.netns_fd
     try:
         try:
             count, limit = handle.count(), handle.limit()
@@ -312,12 +312,12 @@ def health(
     then, since a dump of a big table costs seconds; ``top=0``: never).
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise ValueError("top: expected a number of sources >= 0, got %r" % (top,))
+        raise InvalidValue("top", "top: expected a number of sources >= 0, got %r" % (top,))
     prev: Optional[Sample] = previous.sample if isinstance(previous, Health) else previous
     if prev is not None and not isinstance(prev, Sample):
         raise TypeError("previous: expected a Health or a Sample, got %r" % (previous,))
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
-        raise ValueError("interval: expected seconds >= 0, got %r" % (interval,))
+        raise InvalidValue("interval", "interval: expected seconds >= 0, got %r" % (interval,))
     now = sample(ct, root)
     if prev is None and interval > 0:
         prev = now

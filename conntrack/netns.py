@@ -58,9 +58,9 @@ def resolve(netns: NetnsSpec) -> Optional[int]:
         try:
             fd = _binding.netns_open(path)
         except FileNotFoundError:
-            raise from_errno(2, "network namespace %r not found" % os.fspath(netns), path) from None
+            raise from_errno(errno.ENOENT, "network namespace %r not found" % os.fspath(netns), path) from None
         except OSError as exc:
-            raise from_errno(exc.errno or 5, "cannot open network namespace %r" % path, path) from None
+            raise from_errno(exc.errno or errno.EIO, "cannot open network namespace %r" % path, path) from None
         what = repr(path)
     try:
         _check_netns(fd, what)

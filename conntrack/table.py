@@ -229,6 +229,11 @@ class Conntrack:
             self._netns_fd = None
 
     @property
+    def netns_fd(self) -> Optional[int]:
+        """The descriptor of the handle's network namespace (None: the caller's own)."""
+        return self._netns_fd
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` has run (or was asked for from another thread)."""
         return self._closed or self._close_pending
@@ -437,7 +442,7 @@ class Conntrack:
         f = _lookup_record(flow, keywords)
         out = self._sock.request(_binding.MSG_GET, 0, f._b, f._i, "get")
         if out is None:
-            raise from_errno(2, "get: no entry returned")
+            raise from_errno(errno.ENOENT, "get: no entry returned")
         return Flow._from_batch(out, 0)
 
     # -- writing ----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Fixtures and the CI rule: in CI a skipped kernel test is a failure."""
+"""Fixtures, capability skips (see helpers.CAPABILITIES) and the CI rule: in CI a skipped kernel test
+(any test with a capability marker) is a failure."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ import os
 from typing import Iterator
 
 import pytest
-from helpers import Netns, can_use_kernel
+from helpers import CAPABILITIES, Netns, missing, need
 
 import conntrack
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 KERNEL_FIXTURES = {"netns", "ns_ct", "shared_netns"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in CAPABILITIES:
+        if name not in ("kernel", "tool"):  # those two are declared in pyproject.toml
+            config.addinivalue_line("markers", "%s: needs %s (skipped without it; a failure in CI)" % (name, name))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
@@ -20,24 +27,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             item.add_marker(pytest.mark.kernel)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test whose capability markers name something missing here (before its fixtures)."""
+    reason = missing(*[name for name in CAPABILITIES if item.get_closest_marker(name) is not None])
+    if reason:
+        pytest.skip(reason)
+
+
+def _needs_capability(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(name) is not None for name in CAPABILITIES)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    if IN_CI and report.skipped and item.get_closest_marker("kernel") is not None:
+    if IN_CI and report.skipped and _needs_capability(item):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = "kernel test skipped in CI (CI=true), which counts as a failure: %s" % reason
 
 
-def _need_kernel() -> None:
-    reason = can_use_kernel()
-    if reason:
-        pytest.skip(reason)
-
-
 def _scratch_netns() -> Iterator[Netns]:
-    _need_kernel()
+    need("kernel")
     ns = Netns()
     try:
         yield ns

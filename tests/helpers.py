@@ -15,12 +15,21 @@ import textwrap
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
+
+import pytest
 
 NFT_RULES = """
 table inet ctpytest {
   chain output { type filter hook output priority 0; ct state new,established,related accept; }
   chain input  { type filter hook input priority 0; ct state new,established,related accept; }
+}
+"""
+
+# Any ruleset that uses `ct label` turns connlabel storage on for the namespace's new entries.
+LABEL_RULES = """
+table inet lbl {
+  chain c { type filter hook output priority 0; ct label set 3; }
 }
 """
 
@@ -36,6 +45,42 @@ def can_use_kernel() -> Optional[str]:
     if not os.path.exists("/proc/sys/net/netfilter/nf_conntrack_max"):
         return "nf_conntrack is not loaded (modprobe nf_conntrack)"
     return None
+
+
+def _tool(name: str, package: str) -> Callable[[], Optional[str]]:
+    return lambda: None if shutil.which(name) else "needs %s (apt-get install %s)" % (name, package)
+
+
+# Every capability a test may need, in one place (pygit2's test/utils.py style).  Each name is
+# also a pytest marker: ``@pytest.mark.tool`` (or ``pytestmark = pytest.mark.tool``) skips the
+# test with the reason below when the capability is missing, and in CI (CI=true) such a skip is
+# a failure (conftest.py): CI has root, a kernel and every tool.  ``kernel`` is added by
+# conftest to every test that uses a namespace fixture.  Inside a test, ``need("nft")``.
+CAPABILITIES: Dict[str, Callable[[], Optional[str]]] = {
+    "kernel": can_use_kernel,
+    "root": lambda: None if os.geteuid() == 0 else "needs root",
+    "tool": _tool("conntrack", "conntrack"),  # the conntrack(8) reference tool
+    "nft": _tool("nft", "nftables"),
+    "setpriv": _tool("setpriv", "util-linux"),
+    "unshare": _tool("unshare", "util-linux"),
+}
+
+
+def missing(*names: str) -> Optional[str]:
+    """The reason the first missing capability of *names* gives, or None when all are here."""
+    for name in names:
+        reason = CAPABILITIES[name]()
+        if reason:
+            return reason
+    return None
+
+
+def need(*names: str) -> None:
+    """Skip the calling test unless every capability in *names* is here (a failure in CI when
+    the test carries a capability marker, as every test using this should)."""
+    reason = missing(*names)
+    if reason:
+        pytest.skip(reason)
 
 
 def run(*cmd: str, input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -59,7 +104,13 @@ class Netns:
 
     def track(self) -> None:
         """Make conntrack track this namespace's traffic (an nft ct-state rule)."""
+        need("nft")
         self.exec("nft", "-f", "-", input=NFT_RULES)
+
+    def keep_labels(self) -> None:
+        """Give this namespace's entries connlabel storage (a ruleset that uses ``ct label``)."""
+        need("nft")
+        self.exec("nft", "-f", "-", input=LABEL_RULES)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run conntrack(8), the reference tool, inside the namespace."""

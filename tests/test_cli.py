@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,11 +49,6 @@ def _table(ns: Netns) -> List[str]:
     return sorted(_norm(line) for line in ns.cli_lines("-L"))
 
 
-def need_tool() -> None:
-    if shutil.which("conntrack") is None:
-        pytest.skip("needs conntrack(8) (apt-get install conntrack)")
-
-
 def populate(ns: Netns) -> None:
     """UNREPLIED UDP entries to port 53 and REPLIED ESTABLISHED TCP entries, made by the library."""
     flows = [Flow(proto="udp", src="10.0.0.%d" % (i + 1), dst="10.9.0.1", sport=1024 + i, dport=53, timeout=600)
@@ -78,7 +72,6 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.tool
 def test_list_prints_what_conntrack_L_prints(netns):
-    need_tool()
     for args in CLI_CREATES:
         netns.cli("-I", *args)
     populate(netns)
@@ -91,7 +84,6 @@ def test_list_prints_what_conntrack_L_prints(netns):
 
 @pytest.mark.tool
 def test_list_with_filters_matches_the_reference(netns):
-    need_tool()
     for args in CLI_CREATES:
         netns.cli("-I", *args)
     proc = pyct("list", "-p", "udp", "--family", "ipv4", netns=netns)
@@ -149,7 +141,6 @@ def test_explain(netns):
 
 @pytest.mark.tool
 def test_reading_commands_change_nothing(netns):
-    need_tool()
     populate(netns)
     before = _table(netns)
     ids = netns.cli_lines("-L", "-o", "id")
@@ -167,7 +158,6 @@ def test_reading_commands_change_nothing(netns):
 
 @pytest.mark.tool
 def test_delete_without_a_filter_refuses(netns):
-    need_tool()
     populate(netns)
     before = _table(netns)
     proc = pyct("delete", netns=netns)
@@ -183,7 +173,6 @@ def test_delete_without_a_filter_refuses(netns):
 @pytest.mark.parametrize("options, says", [(["--status", ""], "--status: empty"), (["--mark", "0/0"], "--all"),
                                            (["--mark", "5/0"], "outside the mask"), (["--status", "0"], "--all")])
 def test_delete_with_a_filter_that_matches_everything_refuses(netns, options, says):
-    need_tool()
     populate(netns)
     before = _table(netns)
     proc = pyct("delete", *options, netns=netns)
@@ -193,7 +182,6 @@ def test_delete_with_a_filter_that_matches_everything_refuses(netns, options, sa
 
 @pytest.mark.tool
 def test_delete_dry_run_deletes_nothing(netns):
-    need_tool()
     populate(netns)
     before = _table(netns)
     proc = pyct("delete", "--unreplied", "--dry-run", netns=netns)
@@ -210,7 +198,6 @@ def test_delete_dry_run_deletes_nothing(netns):
 
 @pytest.mark.tool
 def test_delete_unreplied_deletes_exactly_those(netns):
-    need_tool()
     for args in CLI_CREATES:
         netns.cli("-I", *args)
     populate(netns)
@@ -241,7 +228,6 @@ def test_delete_all(netns):
 @pytest.mark.tool
 @pytest.mark.parametrize("command", ["delete", "list", "count"])
 def test_bad_port_is_a_usage_error_naming_the_option(netns, command):
-    need_tool()
     populate(netns)
     before = _table(netns)
     proc = pyct(command, "--dport", "70000", netns=netns)
@@ -266,17 +252,15 @@ def test_bad_values_name_their_option(netns, args, option):
     assert option in one_line_error(proc)
 
 
+@pytest.mark.root
 def test_missing_namespace_is_a_one_line_error():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     proc = pyct("count", "--netns", "ctpy-does-not-exist")
     assert proc.returncode == 1
     assert "ctpy-does-not-exist" in one_line_error(proc)
 
 
+@pytest.mark.setpriv
 def test_no_permission_exits_1_naming_cap_net_admin(netns):
-    if shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv (util-linux)")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     # root without CAP_NET_ADMIN (kept: CAP_SYS_ADMIN, to enter the namespace)
     proc = subprocess.run(

@@ -13,7 +13,6 @@ import asyncio
 import importlib.util
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -61,11 +60,6 @@ def populate(ct: Conntrack) -> None:
     assert ct.create_many(flows) == UNREPLIED + REPLIED
 
 
-def need_cli() -> None:
-    if shutil.which("conntrack") is None:
-        pytest.skip("needs conntrack(8) (apt-get install conntrack)")
-
-
 def without_timeouts(lines: List[str]) -> List[str]:
     """conntrack -L lines with the timeout column blanked (it ticks between reads) and use= dropped:
     the reference count is the kernel's, never promised stable (5.10's dump holds a reference on
@@ -93,7 +87,6 @@ def test_drops(ns_ct, capsys):
 
 @pytest.mark.tool
 def test_list_all_prints_what_conntrack_L_prints(ns_ct, capsys):
-    need_cli()
     populate(ns_ct)
     assert load("list_all").list_all(ns_ct) == UNREPLIED + REPLIED
     ours = capsys.readouterr().out.splitlines()
@@ -104,7 +97,6 @@ def test_list_all_prints_what_conntrack_L_prints(ns_ct, capsys):
 
 @pytest.mark.tool
 def test_find_unreplied_agrees_with_grep(ns_ct, capsys):
-    need_cli()
     populate(ns_ct)
     assert load("find_unreplied").find_unreplied(ns_ct) == UNREPLIED
     out = capsys.readouterr().out.splitlines()
@@ -281,7 +273,6 @@ def test_summary(ns_ct, capsys):
 
 @pytest.mark.tool
 def test_summary_agrees_with_conntrack_L(ns_ct):
-    need_cli()
     populate(ns_ct)
     ns_ct.create(Flow(proto="tcp", src="10.1.0.2", dst="10.9.0.2", sport=1, dport=443, timeout=600,
                       state="SYN_SENT"))
@@ -387,7 +378,6 @@ def test_explain_output_shown_in_filters_page(keywords, features):
 
 @pytest.mark.tool
 def test_delete_nat_deletes_what_conntrack_D_src_nat_deletes(ns_ct, capsys):
-    need_cli()
 
     def nat_table() -> None:
         ns_ct.create_many([Flow(proto="udp", src="10.0.0.%d" % i, dst="198.51.100.1", sport=1000, dport=53,

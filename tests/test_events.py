@@ -180,15 +180,12 @@ def test_idle_timeout_holds_while_non_matching_events_flow(ns_ct):
 
 
 def test_destroy_events_pass_a_labels_filter(ns_ct):
-    ns_ct.ns.exec("nft", "-f", "-", input=LABEL_RULES)  # connlabel storage on
+    ns_ct.ns.keep_labels()
     listener = Listener(ns_ct.ns.name, marker_kw={"labels": {9}}, filter=Filter(labels={9}))
     ns_ct.create(_udp(1, labels={9}))
     ns_ct.delete(Filter(src=_udp(1).orig.src))
     events = listener.finish(ns_ct)
     assert [e.type for e in events] == [EventType.NEW, EventType.DESTROY]
-
-
-LABEL_RULES = "table inet lbl {\n chain c {\n  type filter hook output priority 0;\n  ct label set 3\n }\n}\n"
 
 
 def test_bad_arguments(ns_ct):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import subprocess
 import sys
 from typing import List
@@ -326,8 +325,8 @@ def test_every_name_the_library_prints_is_accepted_back(ns_ct):
         parse_proto("proto_256")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                    reason="needs root and unshare(1) for a private mount namespace")
+@pytest.mark.root
+@pytest.mark.unshare  # a private mount namespace
 def test_without_etc_protocols_the_librarys_names_still_work():
     """Debian without netbase has no /etc/protocols: hide it in a private mount namespace."""
     code = ("from conntrack.enums import parse_proto\n"
@@ -368,16 +367,13 @@ def test_nat_status_without_a_translated_tuple_is_refused_not_dropped(ns_ct):
     assert _cli_entries(ns_ct) == []
 
 
-LABEL_RULES = "table inet lbl {\n chain c {\n  type filter hook output priority 0;\n  ct label set 3\n }\n}\n"
-
-
 def test_labels_without_storage_raise_and_leave_no_entry(ns_ct):
     flow = Flow(proto="udp", src="10.6.0.1", dst="10.6.0.2", sport=1, dport=2, timeout=300, labels={1, 70})
     with pytest.raises(OSError) as info:
         ns_ct.create(flow)
     assert info.value.errno == errno.ENOSPC and "connlabels" in str(info.value)
     assert _cli_entries(ns_ct) == [] and ns_ct.count() == 0
-    ns_ct.ns.exec("nft", "-f", "-", input=LABEL_RULES)  # connlabel storage on
+    ns_ct.ns.keep_labels()
     ns_ct.create(flow)
     assert ns_ct.get(flow).labels == {1, 70}
     assert len(ns_ct.ns.cli_lines("-L", "-o", "labels")) == 1

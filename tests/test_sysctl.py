@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
-from helpers import can_use_kernel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,12 +28,6 @@ from conntrack.errors import (
 
 PROC = Path("/proc/sys/net/netfilter")
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def need_kernel() -> None:
-    reason = can_use_kernel()
-    if reason:
-        pytest.skip(reason)
 
 
 def host_value(name: str) -> int:
@@ -79,8 +72,8 @@ def digest(root: Path) -> Dict[str, str]:
 # -- reading the real host --------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_read_matches_the_host_proc_files():
-    need_kernel()
     s = sysctl.read()
     assert s.max == host_value("nf_conntrack_max")
     assert s.buckets == host_value("nf_conntrack_buckets")
@@ -139,8 +132,8 @@ def test_set_timeout_in_a_namespace_leaves_the_host_alone(netns):
     assert sysctl.read().timeouts["udp_timeout_stream"] == host
 
 
+@pytest.mark.kernel
 def test_a_missing_namespace_is_a_clear_error():
-    need_kernel()
     with pytest.raises(FileNotFoundError, match="not found"):
         sysctl.read(netns="ctpy-no-such-namespace")
 
@@ -188,8 +181,8 @@ def test_netns_only_with_the_real_root(fake_root, netns):
 # -- the one test that changes the host ---------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_raise_and_restore_the_host_max():
-    need_kernel()
     original = sysctl.read().max
     raised = min(original + 4096, sysctl.MAX_LIMIT)
     try:
@@ -403,8 +396,8 @@ def test_recommend_max_from_a_known_machine(fake_root):
     assert small.value == 262144  # never below the kernel's own default for 8 GiB
 
 
+@pytest.mark.kernel
 def test_recommend_max_on_this_host():
-    need_kernel()
     r = sysctl.recommend_max()
     mem = sysctl.mem_total()
     assert r.value >= sysctl.kernel_default(mem)[1]

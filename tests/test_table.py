@@ -223,11 +223,8 @@ def test_summary_counts_in_c_match_a_python_count(ns_ct):
     assert ns_ct.summary(Filter(proto="tcp")).total == 100
 
 
-LABEL_RULES = "table inet lbl {\n chain c {\n  type filter hook output priority 0;\n  ct label set 3\n }\n}\n"
-
-
 def test_labels_round_trip_and_filter_when_the_namespace_keeps_them(ns_ct):
-    ns_ct.ns.exec("nft", "-f", "-", input=LABEL_RULES)  # a ruleset using ct label turns storage on
+    ns_ct.ns.keep_labels()
     ns_ct.create(Flow(proto="udp", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2, timeout=60,
                       labels={1, 5, 127}))
     [f] = list(ns_ct.dump())
