@@ -716,11 +716,13 @@ def _prefetched(sock: Socket, uf: Any, state: DumpState) -> Iterator[Batch]:
         finally:
             sock.close()
 
-    threading.Thread(target=work, name="conntrack-dump", daemon=True).start()
+    worker = threading.Thread(target=work, name="conntrack-dump", daemon=True)
+    worker.start()
     try:
         while True:
             item = q.get()
             if item is None:
+                worker.join()  # it only closes its socket now: a finished dump leaves no thread behind
                 return
             if isinstance(item, BaseException):
                 raise item

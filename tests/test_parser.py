@@ -257,7 +257,9 @@ def test_events_match_libnetfilter_conntrack(ns_ct):
     gone = [_agree(m) for m in msgs if msg_type(m) & 0xFF == W["IPCTNL_MSG_CT_DELETE"]]
     assert len(gone) == n, "%d DESTROY events for %d entries" % (len(gone), n)
     _all_present(_families(new), but=frozenset({"timestamp", "counters"}))
-    _all_present(_families(gone), but=frozenset({"labels", "helper", "master"}))  # DESTROY carries none
+    # DESTROY events carry no labels, helper or master; before 6.x (seen on 5.10) no protoinfo
+    # either, so no SCTP or TCP state: each DESTROY message is still compared field by field
+    _all_present(_families(gone), but=frozenset({"labels", "helper", "master", "sctp", "tcp state"}))
     assert any(f.stop is not None for f in gone)
 
 
