@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import sysctl
+from ._limits import fill, sum_cpus
 from .enums import Proto, TCPState
 from .errors import ConntrackError, MissingDependency
 from .netns import NetnsSpec
@@ -296,16 +297,12 @@ class ConntrackCollector:
                 fams["duration"].add_metric([label], time.monotonic() - start)
                 log.warning("netns %s: %s", label, exc)
                 continue
-            totals: Dict[str, int] = {}
-            for row in rows:
-                for k, v in row.items():
-                    if k != "cpu":
-                        totals[k] = totals.get(k, 0) + v
+            totals = sum_cpus(rows)
             shared = [label] if several or not node else []
             fams["up"].add_metric([label], 1)
             fams["entries"].add_metric(shared, count)
             fams["limit"].add_metric(shared, limit)
-            fams["fill"].add_metric([label], count / limit if limit else 0.0)
+            fams["fill"].add_metric([label], fill(count, limit))
             if buckets is not None:
                 fams["buckets"].add_metric([label], buckets)
             if node:

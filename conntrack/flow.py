@@ -85,10 +85,14 @@ class Counters(NamedTuple):
 # -- validation helpers (plain Python, used by Flow and Filter) -------------
 
 
-def check_int(value: Any, field: str, lo: int, hi: int) -> int:
-    """An int within [lo, hi], or ValueError/TypeError naming the field."""
+def check_int(value: Any, field: str, lo: int, hi: int, *, strings: bool = True, kernel: bool = False) -> int:
+    """An int within [lo, hi], or ValueError/TypeError naming the field.
+
+    *strings*: also take a number written as a str (``"0x10"``); *kernel*:
+    call [lo, hi] "the kernel's range" (the sysctl setters' wording).
+    """
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str):
+        if strings and isinstance(value, str):
             try:
                 value = int(value, 0)
             except ValueError:
@@ -96,7 +100,8 @@ def check_int(value: Any, field: str, lo: int, hi: int) -> int:
         else:
             raise InvalidType(keyword(field), "%s: expected an int, got %r" % (field, value))
     if not lo <= value <= hi:
-        raise InvalidValue(keyword(field), "%s: %d is out of range %d..%d" % (field, value, lo, hi))
+        where = "the kernel's range" if kernel else "range"
+        raise InvalidValue(keyword(field), "%s: %d is out of %s %d..%d" % (field, value, where, lo, hi))
     return value
 
 

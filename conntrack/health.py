@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import sysctl
+from ._limits import fill, sum_cpus
 from .errors import ConntrackError, InvalidValue
 from .table import Conntrack
 
@@ -91,7 +92,7 @@ class Sample:
     @property
     def fill(self) -> float:
         """count / max (0.0 when the limit is 0, meaning none)."""
-        return self.count / self.max if self.max else 0.0
+        return fill(self.count, self.max)
 
 
 @dataclass(frozen=True)
@@ -176,11 +177,7 @@ def read_proc_stat(root: str = "/", *, netns: sysctl.NetnsSpec = None) -> List[D
 
 
 def _sum(rows: List[Dict[str, int]]) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for row in rows:
-        for k, v in row.items():
-            if k != "cpu":
-                out[k] = out.get(k, 0) + v
+    out = sum_cpus(rows)
     for k in DROP_COUNTERS:
         out.setdefault(k, 0)
     return out

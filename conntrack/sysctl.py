@@ -17,29 +17,34 @@ builder can point it at another tree; reading never writes.  ``netns``
 (a name under /run/netns, a path or an open fd) reads or writes another
 network namespace's values from a short-lived thread that enters it; the
 calling thread never changes namespace.
+
+This is the module to import; it re-exports the parts that live in private
+modules: the drop-in and modules-load.d writer (``conntrack._persist``),
+Proxmox VE detection (``conntrack._proxmox``), the recommendation
+(``conntrack._recommend``) and the kernel's bounds (``conntrack._limits``).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
-import socket
-import stat
-import tempfile
 import types
-import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple, TypeVar
+from typing import Dict, Mapping, Optional, TypeVar
 
-from .errors import (
-    ConntrackError,
-    NotLoaded,
-    PersistOverridden,
-    ProxmoxFirewallWarning,
-    ReadOnlyInNamespace,
-    from_errno,
-)
+from . import _limits, _persist, _proxmox, _recommend
+from ._limits import INT_MAX as INT_MAX  # re-exported, as every name below that this module does not use
+from ._limits import TIMEOUT_RE as _TIMEOUT_RE
+from ._limits import fill
+from ._limits import path as _path
+from ._persist import DROPIN_DIR as DROPIN_DIR
+from ._persist import MODULES_LOAD as MODULES_LOAD
+from ._persist import check_dropin as _check_dropin
+from ._persist import load_at_boot, module_is_builtin, write_dropin
+from ._proxmox import is_proxmox
+from ._recommend import Recommendation, kernel_default, mem_total, recommend_max
+from .errors import NotLoaded, ReadOnlyInNamespace, from_errno
+from .flow import check_int
 from .netns import NetnsSpec
 from .netns import run_in as in_netns
 
@@ -49,30 +54,23 @@ SYSCTL_DIR = "proc/sys/net/netfilter"
 """Where the sysctls live, relative to ``root``."""
 HASHSIZE_PATH = "sys/module/nf_conntrack/parameters/hashsize"
 """The module parameter behind ``nf_conntrack_buckets``, relative to ``root``."""
-DROPIN_DIR = "etc/sysctl.d"
-"""Where ``persist=True`` writes, relative to ``root``."""
-DEFAULT_DROPIN = "90-conntrack.conf"
+
+# The public constants of the private modules, documented where users read them.
+DEFAULT_DROPIN = _persist.DEFAULT_DROPIN
 """The drop-in this module owns unless told another name."""
-
-BYTES_PER_ENTRY = 320
+BYTES_PER_ENTRY = _recommend.BYTES_PER_ENTRY
 """Approximate kernel memory per entry: ``struct nf_conn`` from its slab plus its share of the hash table."""
-
-INT_MAX = 2**31 - 1
-MAX_LIMIT = INT_MAX
+MAX_LIMIT = _limits.MAX_LIMIT
 """``nf_conntrack_max`` is an int the kernel bounds to 0..INT_MAX (0 means no limit, refused here)."""
-MAX_BUCKETS = min(INT_MAX, (2**32 - 1) // 8)
+MAX_BUCKETS = _limits.MAX_BUCKETS
 """The kernel refuses a hash table of more than UINT_MAX / sizeof(pointer) buckets."""
-MAX_TIMEOUT = INT_MAX // 100
+MAX_TIMEOUT = _limits.MAX_TIMEOUT
 """Timeouts are stored in jiffies (seconds * HZ) in an int; this bound holds for the lowest HZ (100).
 With a higher HZ the kernel may refuse less; that refusal is reported as ValueError too."""
 
 # Global values that only the initial network namespace may change.
 _NS_READONLY = frozenset(("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max"))
 _FLAGS = ("acct", "timestamp", "events", "checksum", "tcp_loose", "tcp_be_liberal")
-_TIMEOUT_RE = re.compile(r"nf_conntrack_[a-z0-9_]*timeout[a-z0-9_]*")
-_DROPIN_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\.conf")
-# pve-firewall writes these from the [OPTIONS] of /etc/pve/nodes/<node>/host.fw.
-_PVE_KEYS = ("nf_conntrack_max", "nf_conntrack_tcp_timeout_established", "nf_conntrack_tcp_timeout_syn_recv")
 
 
 # -- results ------------------------------------------------------------------
@@ -113,7 +111,7 @@ class Settings:
     @property
     def fill(self) -> float:
         """count / max (0.0 when the limit is 0, meaning none)."""
-        return self.count / self.max if self.max else 0.0
+        return fill(self.count, self.max)
 
 
 @dataclass(frozen=True)
@@ -128,7 +126,7 @@ class Usage:
     @property
     def fill(self) -> float:
         """count / max, 0.0..1.0 (0.0 when the limit is 0, meaning none)."""
-        return self.count / self.max if self.max else 0.0
+        return fill(self.count, self.max)
 
     @property
     def free(self) -> int:
@@ -139,30 +137,7 @@ class Usage:
         return "%d of %d entries (%.1f%%)" % (self.count, self.max, 100 * self.fill)
 
 
-@dataclass(frozen=True)
-class Recommendation:
-    """A suggested ``nf_conntrack_max`` with the reasoning behind it."""
-
-    value: int
-    """The suggested nf_conntrack_max."""
-    buckets: int
-    """The suggested hash size (one bucket per entry keeps the average chain at 2)."""
-    memory_bytes: int
-    """Kernel memory a full table of ``value`` entries takes (approximately)."""
-    mem_total: int
-    """RAM the reasoning started from (MemTotal, bytes)."""
-    explanation: str
-    """The reasoning, one step a line."""
-
-    def __str__(self) -> str:
-        return self.explanation
-
-
 # -- paths and namespaces -------------------------------------------------------
-
-
-def _path(root: str, *parts: str) -> str:
-    return os.path.join(os.fspath(root), *parts)
 
 
 def _check_root_netns(root: str, netns: NetnsSpec) -> None:
@@ -270,11 +245,7 @@ def is_init_netns(netns: NetnsSpec = None) -> bool:
 
 
 def _check_count(value: object, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("%s: expected an int, got %r" % (field, value))
-    if not lo <= value <= hi:
-        raise ValueError("%s: %d is out of the kernel's range %d..%d" % (field, value, lo, hi))
-    return value
+    return check_int(value, field, lo, hi, strings=False, kernel=True)
 
 
 def _check_bool(value: object, field: str) -> bool:
@@ -297,13 +268,6 @@ def timeout_name(name: str) -> str:
     if not _TIMEOUT_RE.fullmatch(n):
         raise ValueError("name: %r is not an nf_conntrack timeout (e.g. 'tcp_timeout_established')" % (name,))
     return n
-
-
-def _check_dropin(dropin: str) -> str:
-    if not isinstance(dropin, str) or not _DROPIN_RE.fullmatch(dropin) or dropin.startswith("."):
-        raise ValueError("dropin: %r is not a file name ending in .conf (systemd-sysctl reads only *.conf)"
-                         % (dropin,))
-    return dropin
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -394,7 +358,7 @@ def set_max(n: int, *, persist: bool = False, dropin: str = DEFAULT_DROPIN, root
     _check_count(n, "max", 1, MAX_LIMIT)
     previous = _set("nf_conntrack_max", n, "max", root, netns, persist, dropin)
     if n > previous:
-        _warn_proxmox(root, "nf_conntrack_max", n)
+        _proxmox.warn(root, "nf_conntrack_max", n)
     return previous
 
 
@@ -432,8 +396,8 @@ def set_timeout(name: str, seconds: int, *, persist: bool = False, dropin: str =
     full = timeout_name(name)
     _check_count(seconds, full, 1, MAX_TIMEOUT)
     previous = _set(full, seconds, full, root, netns, persist, dropin)
-    if full in _PVE_KEYS and seconds != previous:
-        _warn_proxmox(root, full, seconds)
+    if full in _proxmox.PVE_KEYS and seconds != previous:
+        _proxmox.warn(root, full, seconds)
     return previous
 
 
@@ -449,300 +413,6 @@ def set_timestamp(on: bool, *, persist: bool = False, dropin: str = DEFAULT_DROP
     """Turn per-flow timestamps on or off; return the previous setting."""
     _check_bool(on, "timestamp")
     return bool(_set("nf_conntrack_timestamp", int(on), "timestamp", root, netns, persist, dropin))
-
-
-# -- loading the module early -------------------------------------------------------------------
-
-MODULES_LOAD = "etc/modules-load.d/nf_conntrack.conf"
-"""Where :func:`load_at_boot` lists nf_conntrack for systemd-modules-load."""
-
-
-def module_is_builtin(root: str = "/") -> bool:
-    """True when nf_conntrack is built into the kernel (in /sys/module without an ``initstate``)."""
-    d = _path(root, "sys/module/nf_conntrack")
-    return os.path.isdir(d) and not os.path.exists(os.path.join(d, "initstate"))
-
-
-def load_at_boot(root: str = "/") -> Optional[str]:
-    """Make sure nf_conntrack is loaded before sysctl.d is applied at boot; return the file written.
-
-    systemd-sysctl applies /etc/sysctl.d early (after systemd-modules-load);
-    a ``net.netfilter.nf_conntrack_*`` key whose module is not loaded yet
-    fails with "No such file or directory" and is skipped, so the setting
-    is silently lost until a firewall rule loads the module later.  Listing
-    the module in <root>/etc/modules-load.d makes it load first.  Returns
-    None when nothing is needed (nf_conntrack is built into this kernel)
-    or the file already lists it.
-    """
-    if module_is_builtin(root):
-        return None
-    path = _path(root, MODULES_LOAD)
-    try:
-        with open(path) as f:
-            if any(line.split("#")[0].strip() == "nf_conntrack" for line in f):
-                return None
-    except FileNotFoundError:
-        pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    _atomic_write(path, "# written by pyconntrack: load nf_conntrack before sysctl.d applies its settings\n"
-                  "nf_conntrack\n", 0o644)
-    return path
-
-
-# -- the drop-in ------------------------------------------------------------------------------
-
-
-def _line_key(line: str) -> Optional[str]:
-    """The key a sysctl.d line sets, in dotted form, or None for comments and blanks."""
-    s = line.strip()
-    if not s or s[0] in "#;":
-        return None
-    if s.startswith("-"):
-        s = s[1:]
-    key, sep, _ = s.partition("=")
-    if not sep:
-        return None
-    key = key.strip()
-    slash, dot = key.find("/"), key.find(".")
-    if slash != -1 and (dot == -1 or slash < dot):
-        key = key.replace("/", ".")
-    return key
-
-
-def _atomic_write(path: str, text: str, mode: int) -> None:
-    d, base = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-# The keys a drop-in of ours may set, with the values the kernel takes.
-_DROPIN_RANGES = {
-    "nf_conntrack_max": (1, MAX_LIMIT),
-    "nf_conntrack_buckets": (1, MAX_BUCKETS),
-    "nf_conntrack_acct": (0, 1),
-    "nf_conntrack_timestamp": (0, 1),
-}
-
-
-def _dropin_key(key: object) -> str:
-    """*key* when it is one of the keys this module owns (dotted form)."""
-    if not isinstance(key, str):
-        raise TypeError("values: a sysctl key must be a str, got %r" % (key,))
-    name = key[len("net.netfilter."):] if key.startswith("net.netfilter.") else ""
-    if name not in _DROPIN_RANGES and not _TIMEOUT_RE.fullmatch(name):
-        raise ValueError("values: %r is not a key this library writes (net.netfilter.nf_conntrack_max, "
-                         "_buckets, _acct, _timestamp or an nf_conntrack_*timeout*)" % (key,))
-    return key
-
-
-def _dropin_value(key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("values: %s: expected an int, got %r" % (key, value))
-    name = key[len("net.netfilter."):]
-    lo, hi = _DROPIN_RANGES.get(name, (1, MAX_TIMEOUT))
-    if not lo <= value <= hi:
-        raise ValueError("values: %s: %d is out of the kernel's range %d..%d" % (key, value, lo, hi))
-    return value
-
-
-def write_dropin(values: Mapping[str, int], *, root: str = "/", dropin: str = DEFAULT_DROPIN) -> str:
-    """Set *values* (dotted sysctl keys) in our drop-in under <root>/etc/sysctl.d; return its path.
-
-    Only keys this library owns (``net.netfilter.nf_conntrack_max``,
-    ``_buckets``, ``_acct``, ``_timestamp`` and the ``nf_conntrack_*timeout*``
-    keys) and ints in the kernel's range are accepted; anything else raises
-    before a byte is written.
-
-    Only our keys change: other lines, comments and keys of the file stay as
-    they were, and no other file is touched.  The file is replaced
-    atomically (temporary file + rename).  Warns with
-    :class:`conntrack.errors.PersistOverridden` when a file applied later at
-    boot sets the same key.
-    """
-    _check_dropin(dropin)
-    if not isinstance(values, Mapping):
-        raise TypeError("values: expected a mapping of sysctl keys to ints, got %r" % (values,))
-    pending = {_dropin_key(k): _dropin_value(k, v) for k, v in values.items()}  # all checked before any write
-    d = _path(root, DROPIN_DIR)
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, dropin)
-    if os.path.islink(path):
-        raise ValueError("dropin: %s is a symlink (to a file shared with others); choose another name" % path)
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        lines = ["# nf_conntrack settings written by pyconntrack (conntrack.sysctl); one key per line."]
-        mode = 0o644
-    wanted = dict(pending)
-    out: List[str] = []
-    for line in lines:
-        key = _line_key(line)
-        if key is None or key not in wanted:
-            out.append(line)
-            continue
-        if key in pending:  # first occurrence: update in place; later duplicates would override it
-            prefix = "-" if line.strip().startswith("-") else ""
-            out.append("%s%s = %d" % (prefix, key, pending.pop(key)))
-    out.extend("%s = %d" % (k, v) for k, v in pending.items())
-    _atomic_write(path, "\n".join(out) + "\n", mode)
-    _warn_overrides(root, dropin, path, wanted)
-    return path
-
-
-def _warn_overrides(root: str, dropin: str, ours: str, keys: Mapping[str, int]) -> None:
-    seen = {os.path.realpath(ours)}
-    later: List[str] = []
-    for sub in ("etc/sysctl.d", "run/sysctl.d", "usr/local/lib/sysctl.d", "usr/lib/sysctl.d", "lib/sysctl.d"):
-        d = _path(root, sub)
-        try:
-            names = os.listdir(d)
-        except OSError:
-            continue
-        later.extend(os.path.join(d, n) for n in sorted(names) if n.endswith(".conf") and n > dropin)
-    later.append(_path(root, "etc/sysctl.conf"))  # `sysctl --system` reads it last
-    for path in later:
-        real = os.path.realpath(path)
-        if real in seen:
-            continue
-        seen.add(real)
-        try:
-            with open(path) as f:
-                lines = f.read().splitlines()
-        except (OSError, UnicodeDecodeError):
-            continue
-        for line in lines:
-            key = _line_key(line)
-            if key in keys:
-                warnings.warn(PersistOverridden(
-                    "%s also sets %s and is applied after %s at boot, so its value wins"
-                    % (path, key, ours)), stacklevel=4)
-
-
-# -- Proxmox ---------------------------------------------------------------------------------
-
-
-def is_proxmox(root: str = "/") -> bool:
-    """True on a Proxmox VE host (it has /etc/pve)."""
-    return os.path.isdir(_path(root, "etc/pve"))
-
-
-def _pve_node(root: str) -> str:
-    try:
-        with open(_path(root, "etc/hostname")) as f:
-            name = f.read().strip()
-    except OSError:
-        name = ""
-    return (name or socket.gethostname()).split(".")[0]
-
-
-def _pve_setting(path: str, key: str) -> Optional[str]:
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        k, sep, v = line.partition(":")
-        if sep and k.strip() == key:
-            return v.strip()
-    return None
-
-
-def _warn_proxmox(root: str, name: str, value: int) -> None:
-    """Tell the user where Proxmox keeps this value; never touch Proxmox's files."""
-    if not is_proxmox(root):
-        return
-    node = _pve_node(root)
-    fw = "/etc/pve/nodes/%s/host.fw" % node
-    current = _pve_setting(_path(root, fw.lstrip("/")), name)
-    now = " (it now says %s: %s)" % (name, current) if current is not None else ""
-    warnings.warn(ProxmoxFirewallWarning(
-        "this is a Proxmox VE host: pve-firewall restores %s from its own configuration, undoing this "
-        "change; set it as `%s: %d` in the [OPTIONS] section of %s%s (Datacenter > Node > Firewall > "
-        "Options in the web UI)" % (name, name, value, fw, now)), stacklevel=3)
-
-
-# -- recommendation ---------------------------------------------------------------------------
-
-
-def mem_total(root: str = "/") -> int:
-    """MemTotal from <root>/proc/meminfo, in bytes."""
-    path = _path(root, "proc/meminfo")
-    with open(path) as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                parts = line.split()
-                return int(parts[1]) * (1024 if len(parts) > 2 and parts[2] == "kB" else 1)
-    raise ConntrackError("%s has no MemTotal line" % path)
-
-
-def kernel_default(mem: int) -> Tuple[int, int]:
-    """(buckets, max) the kernel picks by itself for *mem* bytes of RAM (64-bit)."""
-    buckets = mem // 16384 // 8
-    if mem > 4 * 2**30:
-        buckets = 262144
-    elif mem > 2**30:
-        buckets = 65536
-    buckets = max(buckets, 1024)
-    return buckets, buckets
-
-
-def _mib(n: int) -> str:
-    return "%.0f MiB" % (n / 2**20)
-
-
-def recommend_max(root: str = "/", *, memory_fraction: float = 0.02) -> Recommendation:
-    """A limit that spends at most *memory_fraction* of RAM on conntrack, with the reasoning.
-
-    Never below the kernel's own default or twice today's entries; one hash
-    bucket per entry (each entry is hashed twice, so chains average 2).
-    """
-    if not 0 < memory_fraction <= 0.5:
-        raise ValueError("memory_fraction: %r is not in (0, 0.5]" % (memory_fraction,))
-    mem = mem_total(root)
-    now = read(root)
-    budget = int(mem * memory_fraction)
-    by_memory = budget // BYTES_PER_ENTRY // 1024 * 1024
-    _default_buckets, default_max = kernel_default(mem)
-    floor = max(default_max, 2 * now.count)
-    value = min(max(by_memory, floor), MAX_LIMIT)
-    buckets = min(value, MAX_BUCKETS)
-    lines = [
-        "RAM: %s (MemTotal in %s)." % (_mib(mem), _path(root, "proc/meminfo")),
-        "Each entry costs about %d bytes of kernel memory (struct nf_conn plus its hash bucket)." % BYTES_PER_ENTRY,
-        "Budget: %.1f%% of RAM = %s, room for %d entries (rounded down to a multiple of 1024)."
-        % (100 * memory_fraction, _mib(budget), by_memory),
-        "Floor: the kernel's own default for this RAM (%d) and twice today's %d entries: %d."
-        % (default_max, now.count, floor),
-        "Recommended nf_conntrack_max: %d (a full table uses about %s)." % (value, _mib(value * BYTES_PER_ENTRY)),
-        "Today: max %d (about %s when full), %d buckets: %.1f entries per bucket when full%s."
-        % (now.max, _mib(now.max * BYTES_PER_ENTRY), now.buckets, now.max / max(now.buckets, 1),
-           "; long chains slow every lookup" if now.max > 4 * now.buckets else ""),
-        "Recommended buckets (hashsize): %d, one per entry, so chains average 2 (each entry is hashed "
-        "twice, once per direction)." % buckets,
-    ]
-    if is_proxmox(root):
-        lines.append("Proxmox VE: set nf_conntrack_max in the node's host.fw, or pve-firewall resets it.")
-    return Recommendation(value, buckets, value * BYTES_PER_ENTRY, mem, "\n".join(lines))
 
 
 __all__ = [

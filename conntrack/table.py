@@ -34,6 +34,7 @@ from typing import (
 )
 
 from . import _binding
+from ._limits import sum_cpus
 from .enums import SETTABLE_STATUS, Family, Proto, Status, TCPState, parse_family, parse_status
 from .errors import (
     BulkDeleteError,
@@ -496,10 +497,7 @@ class Conntrack:
         """The error for a create the kernel refused for want of room, saying which room, with numbers."""
         try:
             count, limit = self._sock.global_stats()
-            totals: Dict[str, int] = {}
-            for row in self._sock.cpu_stats():
-                for k, v in row.items():
-                    totals[k] = totals.get(k, 0) + v
+            totals = sum_cpus(self._sock.cpu_stats())
         except OSError:
             return from_errno(err, what)
         return from_errno(err, insert_refused_text(err, what, count, limit, totals, _buckets()))
