@@ -578,6 +578,16 @@ static void fast_tuple(const struct nlattr *nest, uint8_t family,
         *bad = 1;
 }
 
+/* A tuple attribute into its record slot: a duplicate replaces the earlier one (the last counts). */
+static inline void take_tuple(const struct nlattr *a, uint8_t family, struct ctpy_tuple *t,
+                              uint32_t flag, uint32_t *present, int *bad)
+{
+    if (*present & flag)
+        memset(t, 0, sizeof(*t));
+    fast_tuple(a, family, t, bad);
+    *present |= flag;
+}
+
 /* One direction's counters; returns whether the packet count was there. */
 static int fast_counters(const struct nlattr *nest, uint64_t *c, int *bad)
 {
@@ -733,22 +743,13 @@ static int parse_fast(const struct nlmsghdr *nlh, struct ctpy_record *r,
          A_OK(a, rem); a = A_NEXT(a, rem)) {
         switch (A_TYPE(a)) {
         case CTA_TUPLE_ORIG:
-            if (p & CTPY_HAS_ORIG)
-                memset(&r->orig, 0, sizeof(r->orig));
-            fast_tuple(a, family, &r->orig, &bad);
-            p |= CTPY_HAS_ORIG;
+            take_tuple(a, family, &r->orig, CTPY_HAS_ORIG, &p, &bad);
             break;
         case CTA_TUPLE_REPLY:
-            if (p & CTPY_HAS_REPLY)
-                memset(&r->reply, 0, sizeof(r->reply));
-            fast_tuple(a, family, &r->reply, &bad);
-            p |= CTPY_HAS_REPLY;
+            take_tuple(a, family, &r->reply, CTPY_HAS_REPLY, &p, &bad);
             break;
         case CTA_TUPLE_MASTER:
-            if (p & CTPY_HAS_MASTER)
-                memset(&r->master, 0, sizeof(r->master));
-            fast_tuple(a, family, &r->master, &bad);
-            p |= CTPY_HAS_MASTER;
+            take_tuple(a, family, &r->master, CTPY_HAS_MASTER, &p, &bad);
             break;
         case CTA_STATUS: r->status = a_be32(a, &bad); p |= CTPY_HAS_STATUS; break;
         case CTA_TIMEOUT: r->timeout = a_be32(a, &bad); p |= CTPY_HAS_TIMEOUT; break;
