@@ -7,11 +7,14 @@ except the pure Filter checks at the top.
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import os
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -383,6 +386,65 @@ def test_a_fifo_or_a_file_is_not_a_network_namespace():
                 conntrack.Conntrack(fd)
         finally:
             os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["Socket", "EventSocket"])
+def test_both_sockets_say_why_they_cannot_enter_a_namespace(kind):
+    """ctpy_open's setns() into a descriptor that is not a network namespace: EINVAL from the
+    kernel, with the socket named (the handle checks its descriptor before; this is the binding's
+    own mapping, the same for both kinds of socket)."""
+    with tempfile.TemporaryFile() as plain:
+        if kind == "Socket":
+            with pytest.raises(OSError, match="cannot open a ctnetlink socket") as caught:
+                _binding.Socket(plain.fileno())
+        else:
+            with pytest.raises(OSError, match="cannot open a ctnetlink event socket") as caught:
+                _binding.EventSocket(plain.fileno(), _binding.EV_NEW, 1 << 20)
+    assert caught.value.errno == errno.EINVAL
+
+
+_STUCK = """
+import os, sys, threading
+import conntrack
+from conntrack import _binding
+box = {}
+
+def make():  # a namespace owned by this process's user namespace: entering it is allowed
+    _binding.unshare_netns()
+    box["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+t = threading.Thread(target=make)
+t.start()
+t.join()
+before = os.readlink("/proc/thread-self/ns/net")
+try:
+    if sys.argv[1] == "events":
+        _binding.EventSocket(box["fd"], _binding.EV_NEW, 1 << 20)
+    else:
+        conntrack.Conntrack(box["fd"])
+    print("opened")
+except Exception as exc:
+    print("%s|%s|%s" % (type(exc).__name__, getattr(exc, "errno", None), exc))
+print(os.readlink("/proc/thread-self/ns/net") != before)
+"""
+
+
+@pytest.mark.userns
+@pytest.mark.parametrize("kind", ["handle", "events"])
+def test_a_thread_that_cannot_come_back_from_the_namespace_is_an_error_that_says_so(netns, kind):
+    """Real kernel behaviour: in a new user namespace, a process may enter a network namespace it
+    made, but not its own one again (that one belongs to the parent user namespace), so
+    ctpy_open's setns() back fails and the thread stays in the other namespace.  Both kinds of
+    socket say so (the event socket used to say EIO)."""
+    out = subprocess.run(["ip", "netns", "exec", netns.name, "unshare", "--user", "--map-root-user",
+                          sys.executable, "-c", _STUCK, kind], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and len(lines) == 2, (out.stdout, out.stderr)
+    name, err, text = lines[0].split("|", 2)
+    what = "cannot open a ctnetlink event socket" if kind == "events" else "cannot open a ctnetlink socket"
+    assert (name, err) == ("ConntrackError", "None"), lines[0]
+    assert text.startswith(what + ": the thread entered the network namespace but could not return"), text
+    assert lines[1] == "True"  # it did stay there, as the message says
 
 
 def test_bad_descriptors_and_sizes_are_value_errors(ns_ct):
