@@ -103,6 +103,17 @@ class SummaryValues(NamedTuple):
     """TCP entries by state number (none left out)."""
 
 
+class TopPart(NamedTuple):
+    """One part of a ``top()`` key."""
+
+    name: str
+    """A name of :data:`TOP_PARTS`."""
+    plen4: int = 0
+    """Prefix length for IPv4 addresses (src, dst)."""
+    plen6: int = 0
+    """Prefix length for IPv6 addresses (src, dst)."""
+
+
 class TopValues(NamedTuple):
     """Counts by key of one counting dump."""
 
@@ -532,12 +543,10 @@ class Socket(_Sock):
         """The counts of one dump."""
         return self.top(family, kf, uf, None, 0).summary
 
-    def top(self, family: int, kf: Any, uf: Any, parts: Optional[List[Tuple[str, int, int]]],
-            n: int) -> TopResult:
+    def top(self, family: int, kf: Any, uf: Any, parts: Optional[List[TopPart]], n: int) -> TopResult:
         """One counting dump, in C: the summary and, with *parts*, counts by key.
 
-        *parts* are (name, IPv4 prefix, IPv6 prefix) with names from
-        :data:`TOP_PARTS`.  The counts by key come back as the *n* most
+        The counts by key come back as the *n* most
         frequent (key bytes, count), most frequent first, with the number of
         distinct keys.
         """
@@ -546,10 +555,10 @@ class Socket(_Sock):
         if parts is not None:
             spec = ffi.new("struct ctpy_topspec *")
             spec.n = len(parts)
-            for i, (name, plen4, plen6) in enumerate(parts):
-                spec.kind[i] = TOP_PARTS[name]
-                spec.plen4[i] = plen4
-                spec.plen6[i] = plen6
+            for i, part in enumerate(parts):
+                spec.kind[i] = TOP_PARTS[part.name]
+                spec.plen4[i] = part.plen4
+                spec.plen6[i] = part.plen6
             keylen = check(lib.ctpy_top_keylen(spec), "top")
             ptr = lib.ctpy_top_new(spec)
             if ptr == ffi.NULL:
