@@ -544,11 +544,9 @@ class Socket(_Sock):
         return self.top(family, kf, uf, None, 0).summary
 
     def top(self, family: int, kf: Any, uf: Any, parts: Optional[List[TopPart]], n: int) -> TopResult:
-        """One counting dump, in C: the summary and, with *parts*, counts by key.
-
-        The counts by key come back as the *n* most
-        frequent (key bytes, count), most frequent first, with the number of
-        distinct keys.
+        """One counting dump, in C: the summary and, with *parts*, counts by key:
+        the *n* most frequent (key bytes, count), most frequent first, with the
+        number of distinct keys.
         """
         t = ffi.NULL
         keylen = 0

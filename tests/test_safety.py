@@ -170,9 +170,17 @@ def _inject_dump_intr(monkeypatch, netns_name: str) -> list:
 
     A fake for what the kernel cannot do here: ctnetlink's table dump never sets ``cb->seq``, so
     ``nl_dump_check_consistent`` never flags a conntrack dump (checked in nf_conntrack_netlink.c,
-    6.x).  The message comes from a real netlink socket in the same namespace (userspace unicast
-    to the dump socket's port id), so the C dump loop reads it exactly as it would read the
-    kernel's flag.
+    6.x).
+    """
+    return _inject_after_first_reply(monkeypatch, netns_name,
+                                     lambda seq: struct.pack("=IHHIIi", 20, 3, 0x2 | 0x10, seq, 0, 0))
+
+
+def _inject_after_first_reply(monkeypatch, netns_name: str, message) -> list:
+    """Make every dump socket receive ``message(seq)`` right after the kernel's first reply.
+
+    The message comes from a real netlink socket in the same namespace (userspace unicast to the
+    dump socket's port id), so the C dump loop reads it exactly as it would read the kernel's.
     """
     injector = run_in(netns_name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12))
     injector.bind((0, 0))
@@ -188,8 +196,7 @@ def _inject_dump_intr(monkeypatch, netns_name: str) -> list:
             portid = peek.getsockname()[0]
         finally:
             peek.close()
-        done = struct.pack("=IHHIIi", 20, 3, 0x2 | 0x10, seq, 0, 0)  # NLMSG_DONE, NLM_F_MULTI|DUMP_INTR
-        injector.sendto(done, (portid, 0))
+        injector.sendto(message(seq), (portid, 0))
         injected.append(seq)
         return sock
 
@@ -217,6 +224,29 @@ def test_an_interrupted_dump_is_reported_and_a_batch_delete_is_not_exact(netns, 
             warnings.simplefilter("error", DumpInterrupted)
             final = ct.delete(Filter(proto="udp"))
         assert final.exact and not final.interrupted and ct.count() == 0
+
+
+def test_a_dump_that_fails_half_way_raises_and_leaves_no_thread(netns, monkeypatch):
+    """The prefetching worker hands the error to the consumer and is joined before it is raised.
+    The error is an NLMSG_ERROR (ENOMEM) in the dump's sequence, as the kernel sends when a dump
+    fails part-way; here it is injected (the kernel does not fail on demand)."""
+    with conntrack.Conntrack(netns.name, features=KernelFeatures.none()) as ct:
+        ct.create_many([_udp(i) for i in range(5000)])
+        injected = _inject_after_first_reply(
+            monkeypatch, netns.name,
+            lambda seq: struct.pack("=IHHIIi", 36, 2, 0, seq, 0, -errno.ENOMEM) + bytes(16))  # NLMSG_ERROR
+        for prefetch in (True, False):
+            before = threading.active_count()
+            seen = 0
+            with pytest.raises(OSError) as caught:
+                for _ in ct.dump(prefetch=prefetch):
+                    seen += 1
+            assert caught.value.errno == errno.ENOMEM and "dump" in str(caught.value)
+            assert seen < 5000  # the records read with the failed batch are dropped with it
+            assert threading.active_count() == before  # joined, not merely told to stop
+        assert len(injected) == 2
+        monkeypatch.undo()
+        assert ct.count(Filter(proto="udp")) == 5000
 
 
 # -- handles that fail loudly ---------------------------------------------------------------------
