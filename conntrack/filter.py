@@ -468,7 +468,8 @@ class Filter:
         ktext: List[str] = []
         utext: List[str] = []
         flush_ok = True
-        for f in self._restricting():
+        restricting = self._restricting()
+        for f in restricting:
             if self._kernel_takes(f, features):
                 sent[f.name] = getattr(self, f.name)
                 ktext.append(f.text(sent[f.name]))
@@ -490,17 +491,17 @@ class Filter:
             reply=reply if reply.src or reply.dst else None,
         )
         user = CheckPart(
-            **{f.name: getattr(self, f.name) for f in self._restricting() if f.carrier is not STATUS},
+            **{f.name: getattr(self, f.name) for f in restricting if f.carrier is not STATUS},
             status=status,
         )
-        bpf, bpf_names = self._compile_events(features)
+        bpf = self._compile_events(features, restricting)
+        in_bpf = [getattr(bpf, f.name, None) is not None for f in restricting]
         return Plan(kernel, user, flush_ok, bpf, tuple(ktext), tuple(utext),
-                    tuple(f.text(getattr(self, f.name)) for f in self._restricting() if f.name in bpf_names),
-                    tuple(f.text(getattr(self, f.name)) for f in self._restricting() if f.name not in bpf_names))
+                    tuple(f.text(getattr(self, f.name)) for f, b in zip(restricting, in_bpf) if b),
+                    tuple(f.text(getattr(self, f.name)) for f, b in zip(restricting, in_bpf) if not b))
 
-    def _compile_events(self, features: KernelFeatures) -> Tuple[BPFPart, Tuple[str, ...]]:
-        """The part of the filter an event socket's BPF program can check, and
-        the names of the fields in it.
+    def _compile_events(self, features: KernelFeatures, restricting: List[Field]) -> BPFPart:
+        """The part of the filter an event socket's BPF program can check.
 
         libnetfilter_conntrack's event filter (nfct_filter) checks the
         protocol, TCP states, original source/destination address with a
@@ -509,8 +510,8 @@ class Filter:
         then decides.
         """
         if not features.events_bpf:
-            return BPFPart(), ()
-        taken = {f.name: getattr(self, f.name) for f in self._restricting() if f.bpf}
+            return BPFPart()
+        taken = {f.name: getattr(self, f.name) for f in restricting if f.bpf}
         if "state" in taken and not (self.proto == Proto.tcp and all(int(s) < 16 for s in taken["state"])):
             del taken["state"]  # TCP states only, and the program's state mask has 16 bits
         # nfct_filter's zone test (1.1.0) reads CTA_ZONE, which the kernel sends only
@@ -519,7 +520,7 @@ class Filter:
         # survives that: an entry without CTA_ZONE passes, and C decides.
         if "zone" in taken and not (taken["zone"] == 0 and _binding.BPF_ZONE):
             del taken["zone"]
-        return BPFPart(**taken), tuple(taken)
+        return BPFPart(**taken)
 
     def explain(self, features: Optional[KernelFeatures] = None, *, events: bool = False) -> str:
         """Say which parts run in the kernel and which in the C layer
