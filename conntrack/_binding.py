@@ -322,31 +322,40 @@ def _nat(c: Any, nat: NatMatch) -> None:
         c.has_port = 1
 
 
+def _fill_shared(c: Any, part: Any, src: Any, dst: Any) -> None:
+    """The members ``struct ctpy_filter`` and ``struct ctpy_bpf`` share: protocol,
+    states, original addresses (into *src*, *dst*), mark and zone."""
+    if part.proto is not None:
+        c.proto = part.proto
+    if part.state is not None:
+        c.states = _states(part.state)
+    if part.src is not None:
+        _cidr(src, part.src)
+    if part.dst is not None:
+        _cidr(dst, part.dst)
+    if part.mark is not None:
+        c.mark_val, c.mark_mask = part.mark
+    if part.zone is not None:
+        c.zone = part.zone
+
+
 @functools.lru_cache(maxsize=64)
 def _check_filter(part: CheckPart) -> Any:
     """A ``struct ctpy_filter`` for the C check (cached: an event stream asks per batch)."""
     f = ffi.new("struct ctpy_filter *")
     f.fields = _bits(part, _CHECK_BITS)
+    _fill_shared(f, part, f.orig_src, f.orig_dst)
     if part.family is not None:
         f.family = part.family
-    if part.proto is not None:
-        f.proto = part.proto
-    for net, c in ((part.src, f.orig_src), (part.dst, f.orig_dst),
-                   (part.reply_src, f.reply_src), (part.reply_dst, f.reply_dst)):
+    for net, c in ((part.reply_src, f.reply_src), (part.reply_dst, f.reply_dst)):
         if net is not None:
             _cidr(c, net)
     if part.sport is not None:
         f.sport_lo, f.sport_hi = part.sport
     if part.dport is not None:
         f.dport_lo, f.dport_hi = part.dport
-    if part.state is not None:
-        f.states = _states(part.state)
     if part.status is not None:
         f.status_val, f.status_mask = part.status
-    if part.mark is not None:
-        f.mark_val, f.mark_mask = part.mark
-    if part.zone is not None:
-        f.zone = part.zone
     if part.labels is not None:
         ffi.memmove(f.labels_val, part.labels, 16)
         ffi.memmove(f.labels_mask, part.labels, 16)
@@ -413,18 +422,7 @@ def _bpf_filter(part: BPFPart) -> Any:
     """A ``struct ctpy_bpf`` for an event socket's kernel-side filter."""
     b = ffi.new("struct ctpy_bpf *")
     b.fields = _bits(part, _BPF_BITS)
-    if part.proto is not None:
-        b.proto = part.proto
-    if part.state is not None:
-        b.states = _states(part.state)
-    if part.src is not None:
-        _cidr(b.src, part.src)
-    if part.dst is not None:
-        _cidr(b.dst, part.dst)
-    if part.mark is not None:
-        b.mark_val, b.mark_mask = part.mark
-    if part.zone is not None:
-        b.zone = part.zone
+    _fill_shared(b, part, b.src, b.dst)
     return b
 
 
