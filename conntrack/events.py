@@ -26,8 +26,8 @@ from typing import Any, Deque, Iterator, Optional
 
 from . import _binding, _dump
 from .enums import NamedIntFlag
-from .filter import Plan
 from .flow import Flow
+from .plan import Plan
 
 #: Receive buffer asked for an event socket: room for about 200,000 queued events.
 DEFAULT_RCVBUF = 256 * 1024 * 1024
@@ -91,7 +91,6 @@ class EventStream:
                  idle_timeout: Optional[float], resync: bool) -> None:
         self._sock = sock
         self._plan = plan
-        self._uf = _binding.ufilter(plan.user)
         self._idle = idle_timeout
         self._auto_resync = resync
         self._pending: Deque[Event] = collections.deque()
@@ -174,8 +173,7 @@ class EventStream:
         plan = self._plan
         factory = _binding.Socket(self._netns_fd)
         try:
-            dump = factory.dump(plan.family, _binding.kfilter(plan.kernel), self._uf)
-            yield from _dump.batches(dump, prefetch=False)
+            yield from _dump.batches(factory.dump(plan.kernel, plan.user), prefetch=False)
         finally:
             factory.close()
 
@@ -196,7 +194,7 @@ class EventStream:
 
     def _read(self, timeout: float) -> bool:
         """One call into the C reader; True when it produced something."""
-        got = self._sock.next(self._uf, int(timeout * 1000))
+        got = self._sock.next(self._plan.user, int(timeout * 1000))
         pending = self._pending
         batch = got.batch
         for i, kind in enumerate(got.types):

@@ -10,7 +10,6 @@ another thread, or in a child after ``fork()``, raises
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import os
@@ -52,9 +51,10 @@ from .errors import (
 from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, EventStream, EventType, listen
 from .features import KernelFeatures
-from .filter import Filter, Plan
+from .filter import Filter
 from .flow import ROW_FIELDS, Flow, check_create, entry_fields, rows, status_names
 from .netns import NetnsSpec, resolve
+from .plan import KernelPart, Plan
 from .top import By, Top, decode, parse_by
 
 
@@ -256,7 +256,7 @@ class Conntrack:
             if flt.family is not None and flt.family != fam:
                 raise ValueError("family: %s contradicts the filter's %s" % (fam.name, flt.family.name))
             if flt.family is None:
-                flt = Filter(family=fam, **_filter_kwargs(flt))
+                flt = flt.replace(family=fam)
         return flt.compile(self.features)
 
     @_owned
@@ -277,7 +277,7 @@ class Conntrack:
         warning follows the last flow.
         """
         plan = self._plan(filter, family)
-        dump = self._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
+        dump = self._sock.dump(plan.kernel, plan.user)
         return _flows(_dump.batches(dump, prefetch), where, dump)
 
     @_owned
@@ -314,7 +314,7 @@ class Conntrack:
         if unknown:
             raise ValueError("fields: unknown %s (known: %s)" % (", ".join(map(repr, unknown)), ", ".join(ROW_FIELDS)))
         plan = self._plan(filter, family)
-        dump = self._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
+        dump = self._sock.dump(plan.kernel, plan.user)
         return _rows(_dump.batches(dump, prefetch), names, addresses == "int", dump)
 
     @_owned
@@ -386,7 +386,7 @@ class Conntrack:
         if filter is None and family is None:
             return self._sock.global_stats().entries
         plan = self._plan(filter, family)
-        counted = self._sock.count(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user))
+        counted = self._sock.count(plan.kernel, plan.user)
         if counted.interrupted:
             warnings.warn(DumpInterrupted("count: the kernel flagged the dump as interrupted; "
                                           "the count may be off"), stacklevel=3)
@@ -398,8 +398,7 @@ class Conntrack:
         """Totals by protocol, TCP state and status from one dump, with no
         Python object per entry (what a monitoring scrape needs)."""
         plan = self._plan(filter, family)
-        return _summary(self._sock.summary(plan.family, _binding.kfilter(plan.kernel),
-                                           _binding.ufilter(plan.user)))
+        return _summary(self._sock.summary(plan.kernel, plan.user))
 
     def top(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
             family: Union[str, int, Family, None] = None) -> Top:
@@ -421,9 +420,7 @@ class Conntrack:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError("n: expected a positive number of keys or None, got %r" % (n,))
         plan = self._plan(filter, family)
-        counts, summary = self._sock.top(
-            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user), parts,
-            2**31 - 1 if n is None else n)
+        counts, summary = self._sock.top(plan.kernel, plan.user, parts, 2**31 - 1 if n is None else n)
         assert counts is not None
         return decode(names, parts, counts.rows, summary.total, counts.distinct), _summary(summary)
 
@@ -614,13 +611,11 @@ class Conntrack:
 
     def _bulk_delete(self, flt: Filter, dry_run: bool) -> DeleteResult:
         plan = flt.compile(self.features)
-        kf = _binding.kfilter(plan.kernel)
-        uf = _binding.ufilter(plan.user)
         if dry_run:
             return DeleteResult(dry_run=True, method="flush" if plan.flush_ok else "batch",
                                 matched=list(self.dump(flt)))
         if plan.flush_ok:
-            return self._flush(plan.family, kf)
+            return self._flush(plan.kernel)
         # Counts live in C memory filled by each batch call (a Tally allocated
         # before the call), so an interrupt at any point still finds them.
         tallies: List[_binding.Tally] = []
@@ -637,7 +632,7 @@ class Conntrack:
             return r
 
         try:
-            dump = self._sock.dump(plan.family, kf, uf)
+            dump = self._sock.dump(plan.kernel, plan.user)
             for b in _dump.batches(dump):
                 tally = _binding.Tally()
                 tallies.append(tally)
@@ -661,12 +656,12 @@ class Conntrack:
                                     result) from stop
         return so_far()
 
-    def _flush(self, family: int, kf: Any) -> DeleteResult:
+    def _flush(self, kernel: KernelPart) -> DeleteResult:
         """One flush request; the count is the change of the entry counter."""
         before = None
         try:
             before = self._sock.global_stats().entries
-            self._sock.flush(family, kf)
+            self._sock.flush(kernel)
             after = self._sock.global_stats().entries
         except KeyboardInterrupt as stop:
             result = DeleteResult(method="flush", exact=False)
@@ -686,7 +681,7 @@ class Conntrack:
         the other family.
         """
         if family is None:
-            return self._flush(0, _binding.kfilter({}))
+            return self._flush(KernelPart())
         return self._bulk_delete(Filter(family=family), dry_run=False)
 
     @_owned
@@ -848,18 +843,6 @@ def _rows(batches: Iterator[_binding.Batch], names: Tuple[str, ...], int_address
     if dump.interrupted:
         warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
                                       "under it); entries may be missing or repeated"), stacklevel=2)
-
-
-def _filter_kwargs(flt: Filter) -> dict:
-    """The keywords that rebuild *flt* but its family (used to add a family):
-    every field of the dataclass, so a new field cannot be dropped here."""
-    out: dict = {}
-    for f in dataclasses.fields(flt):
-        value = getattr(flt, f.name)
-        if f.name == "family" or value is None:
-            continue
-        out[f.name] = int.from_bytes(value, "little") if f.name == "labels" else value
-    return out
 
 
 __all__ = ["Conntrack", "DeleteResult", "ConntrackError"]
