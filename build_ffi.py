@@ -41,8 +41,8 @@ MODULES = [
 # macro for an #error in C, so pkg-config checks them before compiling.
 MIN_VERSIONS = {"libnetfilter_conntrack": "1.0.9", "libmnl": "1.0.4"}
 TOO_OLD = (
-    "%s %s is too old: pyconntrack needs %s or newer (Debian 12 and Ubuntu 22.04 "
-    "ship it; on older systems build the upstream release from netfilter.org)."
+    "%s %s is too old: pyconntrack needs %s or newer (Debian 12's release; on an "
+    "older system build the upstream release from netfilter.org)."
 )
 MISSING = (
     "libnetfilter_conntrack headers not found: install "
