@@ -99,11 +99,13 @@ struct ctpy_sock {
  *   the loss); EAGAIN there is RX_EMPTY: nothing queued.
  * - Any other receive error ends the exchange with -errno: ENOBUFS (replies
  *   were lost), EAGAIN (the socket's timeout).
- * - After an error the unread buffer is dropped, and the kernel's queue of a
- *   request socket (RX_REPLY, RX_ACKS), which is reused, is drained: stale
- *   replies and a congested socket would make the next exchange wait
- *   forever.  A dump's socket is not drained (its owner closes it; draining
- *   would run the rest of the dump).
+ * - After a receive error, a truncated message or EOF, the unread buffer is
+ *   dropped and, on a request socket (RX_REPLY, RX_ACKS), which is reused,
+ *   the kernel's queue is drained: stale replies and a congested socket
+ *   would make the next exchange wait forever.  A dump's socket is not
+ *   drained (its owner closes it; draining would run the rest of the dump).
+ *   An NLMSG_ERROR from the kernel is an answer, not a receive error: what
+ *   follows it is left to be skipped as stale.
  * - On the event socket (RX_EVENTS) every message is an event: no sequence
  *   or port id check, and NLMSG_DONE / NLMSG_ERROR are skipped.
  */
