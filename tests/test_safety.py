@@ -172,15 +172,17 @@ def _inject_dump_intr(monkeypatch, netns_name: str) -> list:
     ``nl_dump_check_consistent`` never flags a conntrack dump (checked in nf_conntrack_netlink.c,
     6.x).
     """
+    # NLMSG_DONE, NLM_F_MULTI|DUMP_INTR
     return _inject_after_first_reply(monkeypatch, netns_name,
-                                     lambda seq: struct.pack("=IHHIIi", 20, 3, 0x2 | 0x10, seq, 0, 0))
+                                     lambda seq, portid: struct.pack("=IHHIIi", 20, 3, 0x2 | 0x10, seq, portid, 0))
 
 
 def _inject_after_first_reply(monkeypatch, netns_name: str, message) -> list:
-    """Make every dump socket receive ``message(seq)`` right after the kernel's first reply.
+    """Make every dump socket receive ``message(seq, portid)`` right after the kernel's first reply.
 
     The message comes from a real netlink socket in the same namespace (userspace unicast to the
-    dump socket's port id), so the C dump loop reads it exactly as it would read the kernel's.
+    dump socket's port id), addressed (``nlmsg_pid``) to that port id as the kernel's is, so the C
+    dump loop reads it exactly as it would read the kernel's.
     """
     injector = run_in(netns_name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12))
     injector.bind((0, 0))
@@ -196,7 +198,7 @@ def _inject_after_first_reply(monkeypatch, netns_name: str, message) -> list:
             portid = peek.getsockname()[0]
         finally:
             peek.close()
-        injector.sendto(message(seq), (portid, 0))
+        injector.sendto(message(seq, portid), (portid, 0))
         injected.append(seq)
         return sock
 
@@ -234,7 +236,7 @@ def test_a_dump_that_fails_half_way_raises_and_leaves_no_thread(netns, monkeypat
         ct.create_many([_udp(i) for i in range(5000)])
         injected = _inject_after_first_reply(
             monkeypatch, netns.name,
-            lambda seq: struct.pack("=IHHIIi", 36, 2, 0, seq, 0, -errno.ENOMEM) + bytes(16))  # NLMSG_ERROR
+            lambda seq, portid: struct.pack("=IHHIIi", 36, 2, 0, seq, portid, -errno.ENOMEM) + bytes(16))  # NLMSG_ERROR
         for prefetch in (True, False):
             before = threading.active_count()
             seen = 0
