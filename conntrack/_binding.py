@@ -12,11 +12,9 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import queue
 import sys
-import threading
 from array import array
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ._nfct import ffi, lib
 from .errors import ConntrackError, from_errno
@@ -70,12 +68,110 @@ TOP_PARTS = {
 }
 """What ``top()`` keys can be made of (src, dst, sport, dport, proto, state, zone, mark, family)."""
 TOP_MAXPARTS = lib.CTPY_TOP_MAXPARTS
-SummaryValues = Tuple[int, int, int, Dict[int, int], Dict[int, int]]
-"""(total, unreplied, assured, by protocol number, TCP entries by state number)."""
-TopValues = Tuple[List[Tuple[bytes, int]], int]
-"""(the most frequent (key bytes, count), distinct keys)."""
 
-TupleValues = Tuple[int, int, bytes, bytes, int, int, int, int, int, bool, Optional[int]]
+
+# -- what crosses the boundary: plain values with names ------------------------
+
+
+_tuple_new = tuple.__new__
+
+
+class TupleValues(NamedTuple):
+    """One direction of a record (``struct ctpy_tuple``), copied out of C."""
+
+    family: int
+    proto: int
+    src: bytes
+    """4 or 16 bytes, network order."""
+    dst: bytes
+    sport: int
+    dport: int
+    icmp_type: int
+    icmp_code: int
+    icmp_id: int
+    has_icmp: bool
+    zone: Optional[int]
+    """A zone of this direction only (CTA_TUPLE_ZONE), else None."""
+
+
+class SummaryValues(NamedTuple):
+    """The counts of one counting dump."""
+
+    total: int
+    unreplied: int
+    assured: int
+    by_proto: Dict[int, int]
+    """Entries by protocol number (none left out)."""
+    tcp_states: Dict[int, int]
+    """TCP entries by state number (none left out)."""
+
+
+class TopPart(NamedTuple):
+    """One part of a ``top()`` key."""
+
+    name: str
+    """A name of :data:`TOP_PARTS`."""
+    plen4: int = 0
+    """Prefix length for IPv4 addresses (src, dst)."""
+    plen6: int = 0
+    """Prefix length for IPv6 addresses (src, dst)."""
+
+
+class TopValues(NamedTuple):
+    """Counts by key of one counting dump."""
+
+    rows: List[Tuple[bytes, int]]
+    """The most frequent (key bytes, count), most frequent first."""
+    distinct: int
+
+
+class TopResult(NamedTuple):
+    counts: Optional[TopValues]
+    """None when no key was asked for."""
+    summary: SummaryValues
+
+
+class CountValues(NamedTuple):
+    entries: int
+    interrupted: bool
+    """The kernel flagged the dump (NLM_F_DUMP_INTR): the table changed under it."""
+
+
+class BatchResult(NamedTuple):
+    """The acknowledgements of one batch of requests."""
+
+    done: int
+    vanished: int
+    """Requests answered ENOENT."""
+    failed: int
+    first_errno: int
+    first_failed: int
+    """Index in the batch of the first failed request."""
+
+
+class GlobalStats(NamedTuple):
+    entries: int
+    limit: int
+    """nf_conntrack_max as the kernel reports it."""
+
+
+class CrossCheck(NamedTuple):
+    checked: int
+    mismatched: int
+    first: Optional[Tuple[Batch, Batch]]
+    """The first mismatch, as parsed by the fast parser and by libnetfilter_conntrack."""
+
+
+class EventBatch(NamedTuple):
+    """What one call into the event reader gave."""
+
+    batch: Batch
+    types: List[int]
+    """Each record's CTPY_EV_* type."""
+    overflows: int
+    """Overflows since the previous call."""
+    lost: Optional[int]
+    """Events lost with them (None: unknown)."""
 
 
 def check(rc: int, what: str) -> int:
@@ -121,10 +217,11 @@ class Batch:
         return int(self.recs[i].present)
 
     def tuple(self, i: int, which: str) -> TupleValues:
+        """The ``orig``, ``reply`` or ``master`` tuple of record *i*."""
         t = getattr(self.recs[i], which)
         size = 4 if t.family == lib.AF_INET else 16
         zone = int(t.zone) if t.has_zone else None
-        return (
+        return _tuple_new(TupleValues, (  # TupleValues(...) without its __new__'s call: 80 ns less
             int(t.family),
             int(t.proto),
             bytes(ffi.buffer(t.src, size)),
@@ -136,7 +233,12 @@ class Batch:
             int(t.icmp_id),
             bool(t.has_icmp),
             zone,
-        )
+        ))
+
+    def tuple_zone(self, i: int, which: str) -> Optional[int]:
+        """The zone of one direction only (CTA_TUPLE_ZONE) of record *i*, else None."""
+        t = getattr(self.recs[i], which)
+        return int(t.zone) if t.has_zone else None
 
     # hot fields: one cdata access each, no getattr by name
     def status(self, i: int) -> int:
@@ -156,6 +258,7 @@ class Batch:
         return int(getattr(self.recs[i], name))
 
     def counters(self, i: int) -> Tuple[int, int, int, int]:
+        """(orig packets, orig bytes, reply packets, reply bytes), as the C array holds them."""
         c = self.recs[i].counters
         return (int(c[0]), int(c[1]), int(c[2]), int(c[3]))
 
@@ -187,16 +290,15 @@ class Batch:
 
     # -- writing (flows built by users) -----------------------------------
 
-    def set_tuple(self, i: int, which: str, values: TupleValues) -> None:
+    def set_tuple(self, i: int, which: str, v: TupleValues) -> None:
         t = getattr(self.recs[i], which)
-        family, proto, src, dst, sport, dport, itype, icode, iid, has_icmp, zone = values
-        _fill_tuple(t, family, proto, src, dst, sport, dport)
-        t.icmp_type = itype
-        t.icmp_code = icode
-        t.icmp_id = iid
-        t.has_icmp = has_icmp
-        t.has_zone = zone is not None
-        t.zone = zone or 0
+        _fill_tuple(t, v.family, v.proto, v.src, v.dst, v.sport, v.dport)
+        t.icmp_type = v.icmp_type
+        t.icmp_code = v.icmp_code
+        t.icmp_id = v.icmp_id
+        t.has_icmp = v.has_icmp
+        t.has_zone = v.zone is not None
+        t.zone = v.zone or 0
 
     def set_fields(self, i: int, present: int, fields: Dict[str, Any]) -> None:
         r = self.recs[i]
@@ -436,29 +538,31 @@ WIRE = {
 # -- sockets ----------------------------------------------------------------
 
 
-class Socket:
-    """One ctnetlink socket, opened in a network namespace when given.
+class _Sock:
+    """A ``struct ctpy_sock``: opened (inside the network namespace open at
+    *netns_fd*, when given) and closed the same way for every kind of socket."""
 
-    Not thread-safe: one operation at a time.
-    """
+    #: What using the socket after close() says.
+    closed_text = "operation on a closed socket"
 
-    def __init__(self, netns_fd: Optional[int] = None, timeout: Optional[float] = TIMEOUT) -> None:
+    def __init__(self, netns_fd: Optional[int], rcvbuf: int, what: str) -> None:
         err = ffi.new("int *")
-        ptr = lib.ctpy_open(-1 if netns_fd is None else netns_fd, RCVBUF, err)
+        ptr = lib.ctpy_open(-1 if netns_fd is None else netns_fd, rcvbuf, err)
         if ptr == ffi.NULL:
-            if err[0] == -1:
-                raise ConntrackError(
-                    "could not return the thread to its network namespace"
-                )
-            raise from_errno(err[0], "cannot open a ctnetlink socket")
-        self._ptr = ffi.gc(ptr, lib.ctpy_close)
+            if err[0] == -1:  # ctpy_open entered the namespace, then setns() back failed
+                raise ConntrackError("%s: the thread entered the network namespace but could not return "
+                                     "to its own, and stays in the other one" % what)
+            raise from_errno(err[0] if err[0] > 0 else errno.EIO, what)
+        self._ptr: Any = ffi.gc(ptr, lib.ctpy_close)
         self._netns_fd = netns_fd
-        self._timeout = timeout
-        if timeout is not None:
-            check(lib.ctpy_set_timeout(ptr, max(int(timeout * 1000), 1)), "socket timeout")
+
+    def _p(self) -> Any:
+        if self._ptr is None:
+            raise ValueError(self.closed_text)
+        return self._ptr
 
     def fileno(self) -> int:
-        """The socket's descriptor (for tests that inspect the socket)."""
+        """The socket's descriptor."""
         return int(lib.ctpy_sock_fd(self._p()))
 
     def close(self) -> None:
@@ -470,10 +574,20 @@ class Socket:
     def closed(self) -> bool:
         return self._ptr is None
 
-    def _p(self) -> Any:
-        if self._ptr is None:
-            raise ValueError("operation on a closed Conntrack handle")
-        return self._ptr
+
+class Socket(_Sock):
+    """One ctnetlink socket for requests and dumps.
+
+    Not thread-safe: one operation at a time.
+    """
+
+    closed_text = "operation on a closed Conntrack handle"
+
+    def __init__(self, netns_fd: Optional[int] = None, timeout: Optional[float] = TIMEOUT) -> None:
+        super().__init__(netns_fd, RCVBUF, "cannot open a ctnetlink socket")
+        self._timeout = timeout
+        if timeout is not None:
+            check(lib.ctpy_set_timeout(self._ptr, max(int(timeout * 1000), 1)), "socket timeout")
 
     # -- dumps ----------------------------------------------------------------
 
@@ -487,55 +601,40 @@ class Socket:
             raise
         return sock
 
-    def dump(
-        self, kernel: KernelPart, user: CheckPart, prefetch: bool = True, state: Optional[DumpState] = None
-    ) -> Iterator[Batch]:
-        """Batches of the records *user* matches, of a dump the kernel filters
-        by *kernel*; each dump has its own socket.
+    def dump(self, kernel: KernelPart, user: CheckPart) -> Dump:
+        """A dump of the records *user* matches, of a dump the kernel filters by
+        *kernel*, started now on a socket of its own (read it with
+        :func:`conntrack._dump.batches`)."""
+        return Dump(self._start_dump(kernel), _check_filter(user))
 
-        *state*, when given, learns at the end whether the kernel flagged the
-        dump as interrupted (NLM_F_DUMP_INTR)."""
-        sock = self._start_dump(kernel)
-        uf = _check_filter(user)
-        st = state if state is not None else DumpState()
-        if prefetch:
-            return _prefetched(sock, uf, st)
-        return _sequential(sock, uf, st)
-
-    def count(self, kernel: KernelPart, user: CheckPart, state: Optional[DumpState] = None) -> int:
+    def count(self, kernel: KernelPart, user: CheckPart) -> CountValues:
         sock = self._start_dump(kernel)
         try:
             p = sock._p()
             out = ffi.new("uint64_t *")
             check(lib.ctpy_dump_count(p, _check_filter(user), out), "dump")
-            if state is not None:
-                state.interrupted = bool(lib.ctpy_dump_interrupted(p))
-            return int(out[0])
+            return CountValues(int(out[0]), bool(lib.ctpy_dump_interrupted(p)))
         finally:
             sock.close()
 
     def summary(self, kernel: KernelPart, user: CheckPart) -> SummaryValues:
-        """(total, unreplied, assured, by protocol number, TCP by state number) of one dump."""
-        return self.top(kernel, user, None, 0)[1]
+        """The counts of one dump."""
+        return self.top(kernel, user, None, 0).summary
 
-    def top(self, kernel: KernelPart, user: CheckPart, parts: Optional[List[Tuple[str, int, int]]],
-            n: int) -> Tuple[Optional[TopValues], SummaryValues]:
-        """One counting dump, in C: the summary and, with *parts*, counts by key.
-
-        *parts* are (name, IPv4 prefix, IPv6 prefix) with names from
-        :data:`TOP_PARTS`.  The counts by key come back as the *n* most
-        frequent (key bytes, count), most frequent first, with the number of
-        distinct keys.
+    def top(self, kernel: KernelPart, user: CheckPart, parts: Optional[List[TopPart]], n: int) -> TopResult:
+        """One counting dump, in C: the summary and, with *parts*, counts by key:
+        the *n* most frequent (key bytes, count), most frequent first, with the
+        number of distinct keys.
         """
         t = ffi.NULL
         keylen = 0
         if parts is not None:
             spec = ffi.new("struct ctpy_topspec *")
             spec.n = len(parts)
-            for i, (name, plen4, plen6) in enumerate(parts):
-                spec.kind[i] = TOP_PARTS[name]
-                spec.plen4[i] = plen4
-                spec.plen6[i] = plen6
+            for i, part in enumerate(parts):
+                spec.kind[i] = TOP_PARTS[part.name]
+                spec.plen4[i] = part.plen4
+                spec.plen6[i] = part.plen6
             keylen = check(lib.ctpy_top_keylen(spec), "top")
             ptr = lib.ctpy_top_new(spec)
             if ptr == ffi.NULL:
@@ -549,9 +648,9 @@ class Socket:
             sock.close()
         protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
         states = {k: int(out.tcp_states[k]) for k in range(32) if out.tcp_states[k]}
-        summary = (int(out.total), int(out.unreplied), int(out.assured), protos, states)
+        summary = SummaryValues(int(out.total), int(out.unreplied), int(out.assured), protos, states)
         if t == ffi.NULL:
-            return None, summary
+            return TopResult(None, summary)
         distinct = int(lib.ctpy_top_distinct(t))
         want = min(n, distinct)
         keys = ffi.new("uint8_t[]", max(want, 1) * keylen)
@@ -560,11 +659,11 @@ class Socket:
         raw = ffi.buffer(keys, got * keylen)[:]
         ffi.release(t)
         rows = [(raw[i * keylen:(i + 1) * keylen], int(counts[i])) for i in range(got)]
-        return (rows, distinct), summary
+        return TopResult(TopValues(rows, distinct), summary)
 
-    def crosscheck(self) -> Tuple[int, int, Optional[Tuple[Batch, Batch]]]:
+    def crosscheck(self) -> CrossCheck:
         """Dump the table parsing every entry twice: with the fast C parser and
-        with libnetfilter_conntrack's.  (checked, mismatched, first mismatch)."""
+        with libnetfilter_conntrack's."""
         sock = self._start_dump(KernelPart())
         try:
             p = sock._p()
@@ -573,7 +672,7 @@ class Socket:
             fast, ref = Batch(1, 16), Batch(1, 16)
             check(lib.ctpy_dump_crosscheck(p, checked, bad, fast.recs, ref.recs), "dump")
             fast.n = ref.n = 1
-            return int(checked[0]), int(bad[0]), ((fast, ref) if bad[0] else None)
+            return CrossCheck(int(checked[0]), int(bad[0]), ((fast, ref) if bad[0] else None))
         finally:
             sock.close()
 
@@ -592,10 +691,9 @@ class Socket:
         check(lib.ctpy_flush(self._p(), int(kernel.family or 0), _kernel_filter(kernel)), "flush")
 
     def batch(self, msg: int, flags: int, b: Batch, pin_id: bool,
-              tally: Optional[Tally] = None) -> Tuple[int, int, int, int, int]:
+              tally: Optional[Tally] = None) -> BatchResult:
         """Send one request per record of *b*, many per sendmsg; count the acks.
 
-        Returns (done, vanished (ENOENT), failed, first errno, first failed index).
         With *tally*, the counts are also left in it, so a caller interrupted
         right after this returns can still read them.
         """
@@ -603,11 +701,11 @@ class Socket:
         check(lib.ctpy_batch(self._p(), msg, flags, b.recs, b.pool, b.n, int(pin_id), t._res), "batch")
         return t.values()
 
-    def global_stats(self) -> Tuple[int, int]:
+    def global_stats(self) -> GlobalStats:
         entries = ffi.new("uint32_t *")
         limit = ffi.new("uint32_t *")
         check(lib.ctpy_global_stats(self._p(), entries, limit), "statistics")
-        return int(entries[0]), int(limit[0])
+        return GlobalStats(int(entries[0]), int(limit[0]))
 
     def cpu_stats(self) -> List[Dict[str, int]]:
         ncpu = max(os.cpu_count() or 1, 1) * 2 + 64
@@ -623,14 +721,41 @@ class Socket:
         return rows  # only the counters this kernel sends, as conntrack -S shows them
 
 
-class DumpState:
-    """What a dump learned about itself once it ended."""
+class Dump:
+    """A dump in flight on a socket of its own, read one batch per :meth:`read`.
 
-    __slots__ = ("interrupted",)
+    It owns that socket: :meth:`close` frees it, so close it only from the
+    thread that reads it (the dump layer's worker does).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_sock", "_uf", "done", "interrupted")
+
+    def __init__(self, sock: Socket, uf: Any) -> None:
+        self._sock = sock
+        self._uf = uf  # the C filter lives as long as the dump
+        self.done = False
+        """The kernel's last message came (or the dump failed)."""
         self.interrupted = False
         """The kernel set NLM_F_DUMP_INTR: the table changed under the dump."""
+
+    def read(self) -> Batch:
+        """The next batch of matching records (maybe none: look at :attr:`done`).
+
+        Runs the C dump loop, which releases the GIL while it waits for the kernel.
+        """
+        p = self._sock._p()
+        b = Batch()
+        rc = b.fill(p, self._uf)
+        if rc < 0:
+            self.done = True
+            raise from_errno(-rc, "dump")
+        if lib.ctpy_dump_interrupted(p):
+            self.interrupted = True
+        self.done = bool(lib.ctpy_dump_done(p))
+        return b
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class Tally:
@@ -645,20 +770,18 @@ class Tally:
     def __init__(self) -> None:
         self._res = ffi.new("struct ctpy_batch_result *")
 
-    def values(self) -> Tuple[int, int, int, int, int]:
+    def values(self) -> BatchResult:
         r = self._res
-        return int(r.done), int(r.vanished), int(r.failed), int(r.first_errno), int(r.first_failed)
+        return BatchResult(int(r.done), int(r.vanished), int(r.failed), int(r.first_errno), int(r.first_failed))
 
 
-class EventSocket:
+class EventSocket(_Sock):
     """A socket subscribed to conntrack events, with a large receive buffer."""
 
+    closed_text = "operation on a closed event stream"
+
     def __init__(self, netns_fd: Optional[int], types: int, rcvbuf: int) -> None:
-        err = ffi.new("int *")
-        ptr = lib.ctpy_open(-1 if netns_fd is None else netns_fd, rcvbuf, err)
-        if ptr == ffi.NULL:
-            raise from_errno(err[0] if err[0] > 0 else errno.EIO, "cannot open a ctnetlink event socket")
-        self._ptr = ffi.gc(ptr, lib.ctpy_close)
+        super().__init__(netns_fd, rcvbuf, "cannot open a ctnetlink event socket")
         self._overflows = ffi.new("uint32_t *")
         self._lost = ffi.new("int64_t *")
         self._types = ffi.new("uint8_t[]", EVENT_BATCH)
@@ -668,22 +791,13 @@ class EventSocket:
             self.close()
             raise
 
-    def _p(self) -> Any:
-        if self._ptr is None:
-            raise ValueError("operation on a closed event stream")
-        return self._ptr
-
-    def fileno(self) -> int:
-        """The socket's descriptor (readable when events are queued)."""
-        return int(lib.ctpy_events_fd(self._p()))
-
     def attach_bpf(self, part: BPFPart) -> None:
         """Attach the kernel-side event filter *part*."""
         check(lib.ctpy_events_bpf(self._p(), _bpf_filter(part)), "attach the event filter")
 
-    def next(self, user: CheckPart, timeout_ms: int) -> Tuple[Batch, List[int], int, Optional[int]]:
+    def next(self, user: CheckPart, timeout_ms: int) -> EventBatch:
         """A batch of matching events (maybe empty), their types, the overflows
-        since the last call and the events lost with them (None: unknown).
+        since the last call and the events lost with them.
 
         With ``timeout_ms=0`` it never waits: an empty batch and no overflow
         mean that nothing is queued, neither in our buffer nor in the kernel's.
@@ -695,16 +809,8 @@ class EventSocket:
         b.n = check(lib.ctpy_events_next(self._p(), _check_filter(user), b.recs, types, EVENT_BATCH, b.pool, b.pool_size,
                                          timeout_ms, self._overflows, self._lost), "events")
         lost = int(self._lost[0])
-        return b, [int(types[i]) for i in range(b.n)], int(self._overflows[0]), (lost if lost >= 0 else None)
-
-    def close(self) -> None:
-        ptr, self._ptr = self._ptr, None
-        if ptr is not None:
-            ffi.release(ptr)
-
-    @property
-    def closed(self) -> bool:
-        return self._ptr is None
+        return EventBatch(b, [int(types[i]) for i in range(b.n)], int(self._overflows[0]),
+                          (lost if lost >= 0 else None))
 
 
 #: Events per batch handed from the event reader to Python.
@@ -719,78 +825,6 @@ EV_SNAPSHOT = lib.CTPY_EV_SNAPSHOT
 EV_SNAPSHOT_BEGIN = lib.CTPY_EV_SNAPSHOT_BEGIN
 EV_SNAPSHOT_END = lib.CTPY_EV_SNAPSHOT_END
 EV_OVERFLOW = lib.CTPY_EV_OVERFLOW
-
-
-def _sequential(sock: Socket, uf: Any, state: DumpState) -> Iterator[Batch]:
-    """The dump read in the caller's thread, one batch at a time."""
-    try:
-        p = sock._p()
-        while True:
-            b = Batch()
-            check(b.fill(p, uf), "dump")
-            if lib.ctpy_dump_interrupted(p):
-                state.interrupted = True
-            if b.n:
-                yield b
-            if lib.ctpy_dump_done(p):
-                break
-    finally:
-        sock.close()
-
-
-def _prefetched(sock: Socket, uf: Any, state: DumpState) -> Iterator[Batch]:
-    """Run recv + parse in a second thread (cffi drops the GIL in C) while
-    the caller turns the previous batch into flows.
-
-    The worker owns the dump socket and closes it itself, so the socket is
-    never freed under a C call, however the caller's generator ends (closed,
-    interrupted, or collected on another thread).
-    """
-    q: queue.Queue[Any] = queue.Queue(maxsize=4)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            p = sock._p()
-            while not stop.is_set():
-                b = Batch()
-                if b.fill(p, uf) < 0:
-                    put(from_errno(-b.n, "dump"))
-                    return
-                if lib.ctpy_dump_interrupted(p):
-                    state.interrupted = True  # set before the batch is handed over
-                if b.n and not put(b):
-                    return
-                if lib.ctpy_dump_done(p):
-                    break
-            put(None)
-        except BaseException as exc:  # handed to the consumer, never lost
-            put(exc)
-        finally:
-            sock.close()
-
-    worker = threading.Thread(target=work, name="conntrack-dump", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                worker.join()  # it only closes its socket now: a finished dump leaves no thread behind
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()  # the worker notices within one batch and closes the socket
 
 
 def setns(fd: int) -> None:

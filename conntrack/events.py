@@ -24,7 +24,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Deque, Iterator, Optional
 
-from . import _binding
+from . import _binding, _dump
 from .enums import NamedIntFlag
 from .flow import Flow
 from .plan import Plan
@@ -173,7 +173,7 @@ class EventStream:
         plan = self._plan
         factory = _binding.Socket(self._netns_fd)
         try:
-            yield from factory.dump(plan.kernel, plan.user, prefetch=False)
+            yield from _dump.batches(factory.dump(plan.kernel, plan.user), prefetch=False)
         finally:
             factory.close()
 
@@ -194,11 +194,13 @@ class EventStream:
 
     def _read(self, timeout: float) -> bool:
         """One call into the C reader; True when it produced something."""
-        batch, kinds, overflows, lost = self._sock.next(self._plan.user, int(timeout * 1000))
+        got = self._sock.next(self._plan.user, int(timeout * 1000))
         pending = self._pending
-        for i, kind in enumerate(kinds):
+        batch = got.batch
+        for i, kind in enumerate(got.types):
             pending.append(Event(_TYPES[kind], Flow._from_batch(batch, i)))
-        if overflows:  # the loss comes after this batch's events (see ctpy_events_next)
+        if got.overflows:  # the loss comes after this batch's events (see ctpy_events_next)
+            lost = got.lost
             self.overflows += 1
             if lost is None or self.lost is None:
                 self.lost = None
@@ -207,7 +209,7 @@ class EventStream:
             pending.append(Event(EventType.OVERFLOW, None, lost))
             if self._auto_resync:
                 self._snap_wanted = True
-        if kinds or overflows:
+        if got.types or got.overflows:
             self._last = time.monotonic()
             return True
         return False

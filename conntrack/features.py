@@ -215,7 +215,7 @@ def _probe_dumps() -> Dict[str, bool]:
 
 
 def _probe_here() -> Dict[str, bool]:
-    from . import _binding
+    from . import _binding, _dump
     from .enums import Status
     from .filter import Filter
     from .flow import Flow
@@ -241,7 +241,7 @@ def _probe_here() -> Dict[str, bool]:
         def returned(**kw: Any) -> Set[int]:
             plan = Filter(**kw).compile(everything)
             seen: Set[int] = set()
-            for batch in ct._sock.dump(plan.kernel, CheckPart(), prefetch=False):
+            for batch in _dump.batches(ct._sock.dump(plan.kernel, CheckPart()), prefetch=False):
                 seen.update(Flow._from_batch(batch, i).orig.sport or 0 for i in range(batch.n))
             return seen
 

@@ -450,13 +450,13 @@ def _row_of(f: Flow, fields: Tuple[str, ...], int_addresses: bool = False) -> Tu
     return tuple(out)
 
 
-def _tuple_from(values: _binding.TupleValues) -> FlowTuple:
-    family, proto, src, dst, sport, dport, itype, icode, iid, has_icmp, _zone = values
-    if has_icmp:
-        return FlowTuple(_make_addr(family, src), _make_addr(family, dst), None, None, itype, icode, iid)
-    if proto in _PORT_PROTOS:
-        return FlowTuple(_make_addr(family, src), _make_addr(family, dst), sport, dport)
-    return FlowTuple(_make_addr(family, src), _make_addr(family, dst))
+def _tuple_from(v: _binding.TupleValues) -> FlowTuple:
+    src, dst = _make_addr(v.family, v.src), _make_addr(v.family, v.dst)
+    if v.has_icmp:
+        return FlowTuple(src, dst, None, None, v.icmp_type, v.icmp_code, v.icmp_id)
+    if v.proto in _PORT_PROTOS:
+        return FlowTuple(src, dst, v.sport, v.dport)
+    return FlowTuple(src, dst)
 
 
 # -- the flow ----------------------------------------------------------------
@@ -562,11 +562,14 @@ class Flow:
             present |= _HAS["helper"]
 
         b = _binding.single()
-        b.set_tuple(0, "orig", (int(fam), int(p), s.packed, d.packed, orig_ports[0], orig_ports[1],
-                                icmp[0], icmp[1], icmp[2], has_icmp, oz))
-        reply_type = (_ICMP_REPLY if p == Proto.icmp else _ICMPV6_REPLY).get(icmp[0], icmp[0])
-        b.set_tuple(0, "reply", (int(fam), int(p), rs.packed, rd.packed, reply_ports[0], reply_ports[1],
-                                 reply_type, icmp[1], icmp[2], has_icmp, rz))
+        itype, icode, iid = icmp
+        b.set_tuple(0, "orig", _binding.TupleValues(
+            family=int(fam), proto=int(p), src=s.packed, dst=d.packed, sport=orig_ports[0], dport=orig_ports[1],
+            icmp_type=itype, icmp_code=icode, icmp_id=iid, has_icmp=has_icmp, zone=oz))
+        b.set_tuple(0, "reply", _binding.TupleValues(
+            family=int(fam), proto=int(p), src=rs.packed, dst=rd.packed, sport=reply_ports[0], dport=reply_ports[1],
+            icmp_type=(_ICMP_REPLY if p == Proto.icmp else _ICMPV6_REPLY).get(itype, itype), icmp_code=icode,
+            icmp_id=iid, has_icmp=has_icmp, zone=rz))
         b.set_fields(0, present, fields)
         if helper is not None:
             b.set_string(0, "helper", helper, 0)
@@ -655,13 +658,13 @@ class Flow:
     def orig_zone(self) -> Optional[int]:
         """The zone when it applies to the original direction only (conntrack's
         ``zone-orig=``, ``--orig-zone``), else None."""
-        return self._b.tuple(self._i, "orig")[10]
+        return self._b.tuple_zone(self._i, "orig")
 
     @property
     def reply_zone(self) -> Optional[int]:
         """The zone when it applies to the reply direction only (conntrack's
         ``zone-reply=``, ``--reply-zone``), else None."""
-        return self._b.tuple(self._i, "reply")[10]
+        return self._b.tuple_zone(self._i, "reply")
 
     @property
     def id(self) -> Optional[int]:

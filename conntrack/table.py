@@ -32,7 +32,7 @@ from typing import (
     cast,
 )
 
-from . import _binding
+from . import _binding, _dump
 from ._limits import sum_cpus
 from .enums import SETTABLE_STATUS, Family, Proto, Status, TCPState, parse_family, parse_status
 from .errors import (
@@ -277,9 +277,8 @@ class Conntrack:
         warning follows the last flow.
         """
         plan = self._plan(filter, family)
-        state = _binding.DumpState()
-        batches = self._sock.dump(plan.kernel, plan.user, prefetch, state)
-        return _flows(batches, where, state)
+        dump = self._sock.dump(plan.kernel, plan.user)
+        return _flows(_dump.batches(dump, prefetch), where, dump)
 
     @_owned
     def dump_tuples(
@@ -315,9 +314,8 @@ class Conntrack:
         if unknown:
             raise ValueError("fields: unknown %s (known: %s)" % (", ".join(map(repr, unknown)), ", ".join(ROW_FIELDS)))
         plan = self._plan(filter, family)
-        state = _binding.DumpState()
-        batches = self._sock.dump(plan.kernel, plan.user, prefetch, state)
-        return _rows(batches, names, addresses == "int", state)
+        dump = self._sock.dump(plan.kernel, plan.user)
+        return _rows(_dump.batches(dump, prefetch), names, addresses == "int", dump)
 
     @_owned
     def events(
@@ -386,14 +384,13 @@ class Conntrack:
         building any Python object.
         """
         if filter is None and family is None:
-            return self._sock.global_stats()[0]
+            return self._sock.global_stats().entries
         plan = self._plan(filter, family)
-        state = _binding.DumpState()
-        n = self._sock.count(plan.kernel, plan.user, state)
-        if state.interrupted:
+        counted = self._sock.count(plan.kernel, plan.user)
+        if counted.interrupted:
             warnings.warn(DumpInterrupted("count: the kernel flagged the dump as interrupted; "
                                           "the count may be off"), stacklevel=3)
-        return n
+        return counted.entries
 
     @_owned
     def summary(self, filter: Optional[Filter] = None, *,
@@ -425,8 +422,7 @@ class Conntrack:
         plan = self._plan(filter, family)
         counts, summary = self._sock.top(plan.kernel, plan.user, parts, 2**31 - 1 if n is None else n)
         assert counts is not None
-        rows, distinct = counts
-        return decode(names, parts, rows, summary[0], distinct), _summary(summary)
+        return decode(names, parts, counts.rows, summary.total, counts.distinct), _summary(summary)
 
     @_owned
     def get(self, flow: Optional[Flow] = None, **keywords: Any) -> Flow:
@@ -491,11 +487,11 @@ class Conntrack:
     def _insert_refused(self, err: int, what: str) -> OSError:
         """The error for a create the kernel refused for want of room, saying which room, with numbers."""
         try:
-            count, limit = self._sock.global_stats()
+            stats = self._sock.global_stats()
             totals = sum_cpus(self._sock.cpu_stats())
         except OSError:
             return from_errno(err, what)
-        return from_errno(err, insert_refused_text(err, what, count, limit, totals, _buckets()))
+        return from_errno(err, insert_refused_text(err, what, stats.entries, stats.limit, totals, _buckets()))
 
     @_owned
     def update(
@@ -529,7 +525,7 @@ class Conntrack:
         orig = flow._b.tuple(flow._i, "orig")
         # CTA_ZONE only for a zone of both directions: a reply-only zone
         # (zone-reply=N) is not part of the original tuple's lookup key
-        if flow.zone and orig[10] is None and flow._b.tuple(flow._i, "reply")[10] is None:
+        if flow.zone and orig.zone is None and flow.reply_zone is None:
             fields["zone"] = flow.zone
             present |= has["zone"]
         for attempt in range(3):
@@ -623,34 +619,34 @@ class Conntrack:
         # Counts live in C memory filled by each batch call (a Tally allocated
         # before the call), so an interrupt at any point still finds them.
         tallies: List[_binding.Tally] = []
-        state = _binding.DumpState()
+        dump: Optional[_binding.Dump] = None
 
         def so_far() -> DeleteResult:
             r = DeleteResult()
             for t in tallies:
-                done, vanished = t.values()[:2]
-                r.deleted += done
-                r.vanished += vanished
-            if state.interrupted:
+                acks = t.values()
+                r.deleted += acks.done
+                r.vanished += acks.vanished
+            if dump is not None and dump.interrupted:
                 r.interrupted, r.exact = True, False
             return r
 
         try:
-            for b in self._sock.dump(plan.kernel, plan.user, True, state):
+            dump = self._sock.dump(plan.kernel, plan.user)
+            for b in _dump.batches(dump):
                 tally = _binding.Tally()
                 tallies.append(tally)
                 try:
-                    _deleted, _vanished, failed, err, index = self._sock.batch(
-                        _binding.MSG_DELETE, 0, b, pin_id=True, tally=tally)
+                    acks = self._sock.batch(_binding.MSG_DELETE, 0, b, pin_id=True, tally=tally)
                 except OSError as broken:  # the socket failed part-way: say what was done
                     result = so_far()
                     raise BulkDeleteError(
                         "bulk delete stopped after %d deletions: %s" % (result.deleted, broken), result
                     ) from broken
-                if failed:
+                if acks.failed:
                     result = so_far()
-                    flow = Flow._from_batch(b, index)
-                    exc = from_errno(err, "delete of %s" % flow)
+                    flow = Flow._from_batch(b, acks.first_failed)
+                    exc = from_errno(acks.first_errno, "delete of %s" % flow)
                     raise BulkDeleteError(
                         "bulk delete stopped after %d deletions: %s" % (result.deleted, exc), result
                     ) from exc
@@ -664,14 +660,14 @@ class Conntrack:
         """One flush request; the count is the change of the entry counter."""
         before = None
         try:
-            before = self._sock.global_stats()[0]
+            before = self._sock.global_stats().entries
             self._sock.flush(kernel)
-            after = self._sock.global_stats()[0]
+            after = self._sock.global_stats().entries
         except KeyboardInterrupt as stop:
             result = DeleteResult(method="flush", exact=False)
             if before is not None:  # the flush itself is one kernel call: done, or not sent
                 try:
-                    result.deleted = max(before - self._sock.global_stats()[0], 0)
+                    result.deleted = max(before - self._sock.global_stats().entries, 0)
                 except BaseException:
                     pass
             raise DeleteInterrupted("flush interrupted", result) from stop
@@ -708,14 +704,14 @@ class Conntrack:
             b = _binding.gather(pending)
             pending.clear()
             try:
-                done, _vanished, failed, err, index = self._sock.batch(
-                    _binding.MSG_NEW, _binding.F_CREATE_EXCL, b, pin_id=False)
+                acks = self._sock.batch(_binding.MSG_NEW, _binding.F_CREATE_EXCL, b, pin_id=False)
             except OSError as exc:
                 exc.created = created  # type: ignore[attr-defined]
                 raise
-            created += done
-            if failed:
-                what = "create of %s (after %d created)" % (Flow._from_batch(b, index), created)
+            created += acks.done
+            if acks.failed:
+                err = acks.first_errno
+                what = "create of %s (after %d created)" % (Flow._from_batch(b, acks.first_failed), created)
                 if err in (errno.ENOMEM, errno.ENOSPC):
                     refusal = self._insert_refused(err, what)
                 else:
@@ -749,7 +745,7 @@ class Conntrack:
     @_owned
     def limit(self) -> int:
         """The table's size limit as the kernel reports it (nf_conntrack_max)."""
-        return self._sock.global_stats()[1]
+        return self._sock.global_stats().limit
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -793,14 +789,14 @@ def insert_refused_text(err: int, what: str, count: int, limit: int, totals: Dic
 
 
 def _summary(values: _binding.SummaryValues) -> Summary:
-    total, unreplied, assured, protos, states = values
     tcp_states: Dict[TCPState, int] = {}
-    for value, n in states.items():
+    for value, n in values.tcp_states.items():
         try:
             tcp_states[TCPState(value)] = n
         except ValueError:  # a state newer than this build's headers
             continue
-    return Summary(total, unreplied, assured, {Proto(k): n for k, n in protos.items()}, tcp_states)
+    return Summary(values.total, values.unreplied, values.assured,
+                   {Proto(k): n for k, n in values.by_proto.items()}, tcp_states)
 
 
 _DCCP_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_dccp_timeout_open"
@@ -826,7 +822,7 @@ def _check_creatable(flow: Flow) -> None:
 
 
 def _flows(batches: Iterator[_binding.Batch], where: Optional[Callable[[Flow], bool]],
-           state: _binding.DumpState) -> Iterator[Flow]:
+           dump: _binding.Dump) -> Iterator[Flow]:
     new = Flow.__new__
     for b in batches:
         for i in range(b.n):
@@ -835,16 +831,16 @@ def _flows(batches: Iterator[_binding.Batch], where: Optional[Callable[[Flow], b
             f._i = i
             if where is None or where(f):
                 yield f
-    if state.interrupted:
+    if dump.interrupted:
         warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
                                       "under it); entries may be missing or repeated"), stacklevel=2)
 
 
 def _rows(batches: Iterator[_binding.Batch], names: Tuple[str, ...], int_addresses: bool,
-          state: _binding.DumpState) -> Iterator[Tuple[Any, ...]]:
+          dump: _binding.Dump) -> Iterator[Tuple[Any, ...]]:
     for b in batches:
         yield from rows(b, names, int_addresses)
-    if state.interrupted:
+    if dump.interrupted:
         warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
                                       "under it); entries may be missing or repeated"), stacklevel=2)
 

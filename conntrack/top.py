@@ -31,7 +31,7 @@ import re
 import struct
 from typing import Any, List, Sequence, Tuple, Union
 
-from ._binding import TOP_MAXPARTS, TOP_PARTS
+from ._binding import TOP_MAXPARTS, TOP_PARTS, TopPart
 from .enums import STATE_ENUMS, Family, Proto
 
 By = Union[str, Sequence[str]]
@@ -59,14 +59,14 @@ class Top(List[Tuple[Any, int]]):
         return "Top(by=%r, total=%d, distinct=%d, %s)" % (self.by, self.total, self.distinct, list.__repr__(self))
 
 
-def parse_by(by: By) -> Tuple[Tuple[str, ...], List[Tuple[str, int, int]]]:
-    """Normalise *by* and turn it into (name, IPv4 prefix, IPv6 prefix) parts."""
+def parse_by(by: By) -> Tuple[Tuple[str, ...], List[TopPart]]:
+    """Normalise *by* and turn it into the key's parts."""
     names: Tuple[str, ...] = (by,) if isinstance(by, str) else tuple(by)
     if not names:
         raise ValueError("by: give at least one field")
     if len(names) > TOP_MAXPARTS:
         raise ValueError("by: at most %d fields, got %d" % (TOP_MAXPARTS, len(names)))
-    parts: List[Tuple[str, int, int]] = []
+    parts: List[TopPart] = []
     for name in names:
         if not isinstance(name, str):
             raise TypeError("by: expected field names, got %r" % (name,))
@@ -84,23 +84,24 @@ def parse_by(by: By) -> Tuple[Tuple[str, ...], List[Tuple[str, int, int]]]:
                     plen6 = n
             if plen4 > 32 or plen6 > 128:
                 raise ValueError("by: %r: prefix lengths are at most 32 (IPv4) and 128 (IPv6)" % name)
-            parts.append((m.group(1), plen4, plen6))
+            parts.append(TopPart(m.group(1), plen4, plen6))
         elif key in TOP_PARTS and key not in ("src", "dst"):
-            parts.append((key, 0, 0))
+            parts.append(TopPart(key))
         else:
             raise ValueError("by: unknown field %r (expected src, dst, src/N, dst/N, sport, dport, proto, "
                              "state, zone, mark or family)" % name)
     return names, parts
 
 
-def _decode_part(name: str, plen4: int, plen6: int, raw: bytes) -> Any:
+def _decode_part(part: TopPart, raw: bytes) -> Any:
+    name = part.name
     if name in ("src", "dst"):
         family = raw[0]
         if family == Family.ipv4:
             a4 = ipaddress.IPv4Address(raw[1:5])
-            return a4 if plen4 == 32 else ipaddress.IPv4Network((a4, plen4))
+            return a4 if part.plen4 == 32 else ipaddress.IPv4Network((a4, part.plen4))
         a6 = ipaddress.IPv6Address(raw[1:17])
-        return a6 if plen6 == 128 else ipaddress.IPv6Network((a6, plen6))
+        return a6 if part.plen6 == 128 else ipaddress.IPv6Network((a6, part.plen6))
     if name in ("sport", "dport"):
         return struct.unpack("=H", raw[1:3])[0] if raw[0] else None
     if name == "proto":
@@ -120,7 +121,7 @@ def _decode_part(name: str, plen4: int, plen6: int, raw: bytes) -> Any:
     return struct.unpack("=I", raw)[0]  # mark
 
 
-def decode(names: Tuple[str, ...], parts: List[Tuple[str, int, int]], rows: List[Tuple[bytes, int]],
+def decode(names: Tuple[str, ...], parts: List[TopPart], rows: List[Tuple[bytes, int]],
            total: int, distinct: int) -> Top:
     """The typed result from the C side's key bytes."""
     out = Top()
@@ -129,9 +130,9 @@ def decode(names: Tuple[str, ...], parts: List[Tuple[str, int, int]], rows: List
     for raw, count in rows:
         values = []
         off = 0
-        for name, plen4, plen6 in parts:
-            n = _LEN[name]
-            values.append(_decode_part(name, plen4, plen6, raw[off:off + n]))
+        for part in parts:
+            n = _LEN[part.name]
+            values.append(_decode_part(part, raw[off:off + n]))
             off += n
         out.append((values[0] if single else tuple(values), count))
     return out

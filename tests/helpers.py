@@ -51,6 +51,16 @@ def _tool(name: str, package: str) -> Callable[[], Optional[str]]:
     return lambda: None if shutil.which(name) else "needs %s (apt-get install %s)" % (name, package)
 
 
+def _userns() -> Optional[str]:
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) > 0:
+                return None
+    except (OSError, ValueError):
+        pass
+    return "needs user namespaces (sysctl user.max_user_namespaces > 0)"
+
+
 # Every capability a test may need, in one place (pygit2's test/utils.py style).  Each name is
 # also a pytest marker: ``@pytest.mark.tool`` (or ``pytestmark = pytest.mark.tool``) skips the
 # test with the reason below when the capability is missing, and in CI (CI=true) such a skip is
@@ -63,6 +73,7 @@ CAPABILITIES: Dict[str, Callable[[], Optional[str]]] = {
     "nft": _tool("nft", "nftables"),
     "setpriv": _tool("setpriv", "util-linux"),
     "unshare": _tool("unshare", "util-linux"),
+    "userns": lambda: _tool("unshare", "util-linux")() or _userns(),
 }
 
 

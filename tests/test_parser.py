@@ -166,7 +166,7 @@ def _rich_table(ct) -> None:
 def _families(flows: List[Flow]) -> Dict[str, int]:
     """How many entries carry each attribute family."""
     def tup_zone(f: Flow, which: str) -> bool:
-        return f._b.tuple(f._i, which)[10] is not None
+        return f._b.tuple_zone(f._i, which) is not None
 
     checks = {
         "labels": lambda f: bool(f.labels),
@@ -204,13 +204,12 @@ def test_every_attribute_family_in_a_dump_matches_libnetfilter_conntrack(ns_ct):
 
 def _get_attrs(f: Flow) -> list:
     """A CT_GET request naming f by its original tuple and zone."""
-    family, proto, src, dst, sport, dport, itype, icode, iid, has_icmp, ozone = f._b.tuple(f._i, "orig")
-    rzone = f._b.tuple(f._i, "reply")[10]
-    spec = TupleSpec(src, dst, proto, sport, dport, (itype, icode, iid) if has_icmp else None)
-    attrs = [tuple_attr(W["CTA_TUPLE_ORIG"], family, spec)]
-    if ozone is not None:
-        attrs.append(be16(W["CTA_ZONE"], ozone))
-    elif rzone is None and f.zone:
+    o = f._b.tuple(f._i, "orig")
+    spec = TupleSpec(o.src, o.dst, o.proto, o.sport, o.dport, (o.icmp_type, o.icmp_code, o.icmp_id) if o.has_icmp else None)
+    attrs = [tuple_attr(W["CTA_TUPLE_ORIG"], o.family, spec)]
+    if o.zone is not None:
+        attrs.append(be16(W["CTA_ZONE"], o.zone))
+    elif f.reply_zone is None and f.zone:
         attrs.append(be16(W["CTA_ZONE"], f.zone))
     return attrs
 
@@ -239,7 +238,7 @@ def test_get_and_create_replies_match_libnetfilter_conntrack(ns_ct):
     assert echoed, "no echo of the create"
     new = _agree(echoed[0])
     assert new.mark == 0xA5A5A5A5 and new.labels == frozenset(LABEL_BITS)
-    assert new._b.tuple(new._i, "reply")[10] == 9
+    assert new.reply_zone == 9 and new._b.tuple(new._i, "reply").zone == 9
     s.close()
 
 

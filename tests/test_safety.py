@@ -7,11 +7,14 @@ except the pure Filter checks at the top.
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import os
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -167,9 +170,19 @@ def _inject_dump_intr(monkeypatch, netns_name: str) -> list:
 
     A fake for what the kernel cannot do here: ctnetlink's table dump never sets ``cb->seq``, so
     ``nl_dump_check_consistent`` never flags a conntrack dump (checked in nf_conntrack_netlink.c,
-    6.x).  The message comes from a real netlink socket in the same namespace (userspace unicast
-    to the dump socket's port id), so the C dump loop reads it exactly as it would read the
-    kernel's flag.
+    6.x).
+    """
+    # NLMSG_DONE, NLM_F_MULTI|DUMP_INTR
+    return _inject_after_first_reply(monkeypatch, netns_name,
+                                     lambda seq, portid: struct.pack("=IHHIIi", 20, 3, 0x2 | 0x10, seq, portid, 0))
+
+
+def _inject_after_first_reply(monkeypatch, netns_name: str, message) -> list:
+    """Make every dump socket receive ``message(seq, portid)`` right after the kernel's first reply.
+
+    The message comes from a real netlink socket in the same namespace (userspace unicast to the
+    dump socket's port id), addressed (``nlmsg_pid``) to that port id as the kernel's is, so the C
+    dump loop reads it exactly as it would read the kernel's.
     """
     injector = run_in(netns_name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12))
     injector.bind((0, 0))
@@ -185,9 +198,7 @@ def _inject_dump_intr(monkeypatch, netns_name: str) -> list:
             portid = peek.getsockname()[0]
         finally:
             peek.close()
-        # NLMSG_DONE, NLM_F_MULTI|DUMP_INTR, addressed to the dump socket's port id as the kernel's is
-        done = struct.pack("=IHHIIi", 20, 3, 0x2 | 0x10, seq, portid, 0)
-        injector.sendto(done, (portid, 0))
+        injector.sendto(message(seq, portid), (portid, 0))
         injected.append(seq)
         return sock
 
@@ -215,6 +226,29 @@ def test_an_interrupted_dump_is_reported_and_a_batch_delete_is_not_exact(netns, 
             warnings.simplefilter("error", DumpInterrupted)
             final = ct.delete(Filter(proto="udp"))
         assert final.exact and not final.interrupted and ct.count() == 0
+
+
+def test_a_dump_that_fails_half_way_raises_and_leaves_no_thread(netns, monkeypatch):
+    """The prefetching worker hands the error to the consumer and is joined before it is raised.
+    The error is an NLMSG_ERROR (ENOMEM) in the dump's sequence, as the kernel sends when a dump
+    fails part-way; here it is injected (the kernel does not fail on demand)."""
+    with conntrack.Conntrack(netns.name, features=KernelFeatures.none()) as ct:
+        ct.create_many([_udp(i) for i in range(5000)])
+        injected = _inject_after_first_reply(
+            monkeypatch, netns.name,
+            lambda seq, portid: struct.pack("=IHHIIi", 36, 2, 0, seq, portid, -errno.ENOMEM) + bytes(16))  # NLMSG_ERROR
+        for prefetch in (True, False):
+            before = threading.active_count()
+            seen = 0
+            with pytest.raises(OSError) as caught:
+                for _ in ct.dump(prefetch=prefetch):
+                    seen += 1
+            assert caught.value.errno == errno.ENOMEM and "dump" in str(caught.value)
+            assert seen < 5000  # the records read with the failed batch are dropped with it
+            assert threading.active_count() == before  # joined, not merely told to stop
+        assert len(injected) == 2
+        monkeypatch.undo()
+        assert ct.count(Filter(proto="udp")) == 5000
 
 
 # -- handles that fail loudly ---------------------------------------------------------------------
@@ -384,6 +418,65 @@ def test_a_fifo_or_a_file_is_not_a_network_namespace():
                 conntrack.Conntrack(fd)
         finally:
             os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["Socket", "EventSocket"])
+def test_both_sockets_say_why_they_cannot_enter_a_namespace(kind):
+    """ctpy_open's setns() into a descriptor that is not a network namespace: EINVAL from the
+    kernel, with the socket named (the handle checks its descriptor before; this is the binding's
+    own mapping, the same for both kinds of socket)."""
+    with tempfile.TemporaryFile() as plain:
+        if kind == "Socket":
+            with pytest.raises(OSError, match="cannot open a ctnetlink socket") as caught:
+                _binding.Socket(plain.fileno())
+        else:
+            with pytest.raises(OSError, match="cannot open a ctnetlink event socket") as caught:
+                _binding.EventSocket(plain.fileno(), _binding.EV_NEW, 1 << 20)
+    assert caught.value.errno == errno.EINVAL
+
+
+_STUCK = """
+import os, sys, threading
+import conntrack
+from conntrack import _binding
+box = {}
+
+def make():  # a namespace owned by this process's user namespace: entering it is allowed
+    _binding.unshare_netns()
+    box["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+t = threading.Thread(target=make)
+t.start()
+t.join()
+before = os.readlink("/proc/thread-self/ns/net")
+try:
+    if sys.argv[1] == "events":
+        _binding.EventSocket(box["fd"], _binding.EV_NEW, 1 << 20)
+    else:
+        conntrack.Conntrack(box["fd"])
+    print("opened")
+except Exception as exc:
+    print("%s|%s|%s" % (type(exc).__name__, getattr(exc, "errno", None), exc))
+print(os.readlink("/proc/thread-self/ns/net") != before)
+"""
+
+
+@pytest.mark.userns
+@pytest.mark.parametrize("kind", ["handle", "events"])
+def test_a_thread_that_cannot_come_back_from_the_namespace_is_an_error_that_says_so(netns, kind):
+    """Real kernel behaviour: in a new user namespace, a process may enter a network namespace it
+    made, but not its own one again (that one belongs to the parent user namespace), so
+    ctpy_open's setns() back fails and the thread stays in the other namespace.  Both kinds of
+    socket say so (the event socket used to say EIO)."""
+    out = subprocess.run(["ip", "netns", "exec", netns.name, "unshare", "--user", "--map-root-user",
+                          sys.executable, "-c", _STUCK, kind], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and len(lines) == 2, (out.stdout, out.stderr)
+    name, err, text = lines[0].split("|", 2)
+    what = "cannot open a ctnetlink event socket" if kind == "events" else "cannot open a ctnetlink socket"
+    assert (name, err) == ("ConntrackError", "None"), lines[0]
+    assert text.startswith(what + ": the thread entered the network namespace but could not return"), text
+    assert lines[1] == "True"  # it did stay there, as the message says
 
 
 def test_bad_descriptors_and_sizes_are_value_errors(ns_ct):
