@@ -336,7 +336,7 @@ class ConntrackCollector:
         fams["age"].add_metric([label], time.monotonic() - b.taken)
         fams["dump"].add_metric([label], b.duration)
         fams["unreplied"].add_metric([label], s.unreplied)
-        by_proto = {p.name: s.by_proto.get(p, 0) for p in (Proto.tcp, Proto.udp, Proto.icmp, Proto.icmpv6)}
+        by_proto = {p.name: s.by_proto.get(p, 0) for p in (Proto.TCP, Proto.UDP, Proto.ICMP, Proto.ICMPV6)}
         by_proto.update({p.name: n for p, n in s.by_proto.items()})
         for proto, n in sorted(by_proto.items()):
             fams["proto"].add_metric([label, proto], n)

@@ -26,6 +26,7 @@ from typing import (
 )
 
 from . import _binding
+from ._json import plain
 from .enums import (
     SETTABLE_STATUS,
     STATE_ENUMS,
@@ -71,6 +72,10 @@ class FlowTuple(NamedTuple):
 
     def __str__(self) -> str:
         return _tuple_text(self)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict: addresses as text, and only the fields the protocol has."""
+        return {name: plain(value) for name, value in zip(self._fields, self) if value is not None}
 
 
 class Counters(NamedTuple):
@@ -753,7 +758,7 @@ class Flow:
         """What names the entry in the kernel: zone, protocol, original tuple."""
         return (self.zone, self.proto, self.orig)
 
-    def _values(self) -> Tuple[Any, ...]:
+    def _values(self) -> Tuple[Any, ...]:  # in _FIELD_NAMES' order
         return (
             self.family, self.proto, self.orig, self.reply, self.status, self.state,
             self.timeout, self.mark, self.zone, self.orig_zone, self.reply_zone, self.id, self.use, self.counters,
@@ -769,41 +774,9 @@ class Flow:
         return hash(self._values())
 
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready dict (addresses as strings, enums as names)."""
-        def tup(t: Optional[FlowTuple]) -> Optional[Dict[str, Any]]:
-            if t is None:
-                return None
-            d: Dict[str, Any] = {"src": str(t.src), "dst": str(t.dst)}
-            for name in ("sport", "dport", "icmp_type", "icmp_code", "icmp_id"):
-                if getattr(t, name) is not None:
-                    d[name] = getattr(t, name)
-            return d
-
-        state = self.state
-        counters = self.counters
-        start, stop = self.start, self.stop
-        return {
-            "family": self.family.name,
-            "proto": self.proto.name,
-            "orig": tup(self.orig),
-            "reply": tup(self.reply),
-            "status": [m.name for m in Status if m & self.status],
-            "state": state.name if state is not None else None,
-            "timeout": self.timeout,
-            "mark": self.mark,
-            "zone": self.zone,
-            "orig_zone": self.orig_zone,
-            "reply_zone": self.reply_zone,
-            "id": self.id,
-            "use": self.use,
-            "counters": counters._asdict() if counters is not None else None,
-            "start": start.isoformat() if start else None,
-            "stop": stop.isoformat() if stop else None,
-            "labels": sorted(self.labels),
-            "secctx": self.secctx,
-            "helper": self.helper,
-            "master": tup(self.master),
-        }
+        """A JSON-ready dict of every field, by the package's one JSON convention
+        (:ref:`json`): addresses as text, enums as their names, times in ISO 8601."""
+        return dict(zip(_FIELD_NAMES, map(plain, self._values())))
 
     def __str__(self) -> str:
         """The flow in `conntrack -L`'s one-line format."""
@@ -850,6 +823,11 @@ class Flow:
 
     def __repr__(self) -> str:
         return "<Flow %s>" % self
+
+
+_FIELD_NAMES = ("family", "proto", "orig", "reply", "status", "state", "timeout", "mark", "zone", "orig_zone",
+                "reply_zone", "id", "use", "counters", "start", "stop", "labels", "secctx", "helper", "master")
+"""The keys of :meth:`Flow.to_dict`, in the order of ``Flow._values()``."""
 
 
 def _ts(ns: Optional[int]) -> Optional[_dt.datetime]:

@@ -30,7 +30,7 @@ import errno
 import os
 import types
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, TypeVar
+from typing import Any, Dict, Mapping, Optional, TypeVar
 
 from . import _limits, _persist, _proxmox, _recommend
 from ._limits import INT_MAX as INT_MAX  # re-exported, as every name below that this module does not use
@@ -113,6 +113,18 @@ class Settings:
         """count / max (0.0 when the limit is 0, meaning none)."""
         return fill(self.count, self.max)
 
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`), what ``pyconntrack limits --json`` prints: the named
+        values (``raw`` left out), ``fill``, ``free`` and ``memory_full_bytes`` (the kernel memory
+        a full table takes, at :data:`BYTES_PER_ENTRY`)."""
+        return {
+            "max": self.max, "count": self.count, "fill": self.fill, "free": max(self.max - self.count, 0),
+            "buckets": self.buckets, "hashsize": self.hashsize, "expect_max": self.expect_max,
+            "memory_full_bytes": self.max * BYTES_PER_ENTRY,
+            "timeouts": dict(self.timeouts),
+            **{flag: getattr(self, flag) for flag in _FLAGS},
+        }
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -135,6 +147,10 @@ class Usage:
 
     def __str__(self) -> str:
         return "%d of %d entries (%.1f%%)" % (self.count, self.max, 100 * self.fill)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`): ``count``, ``max``, ``fill``, ``free``."""
+        return {"count": self.count, "max": self.max, "fill": self.fill, "free": self.free}
 
 
 # -- paths and namespaces -------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import (
     Iterable,
     Iterator,
     List,
+    Mapping,
     Optional,
     Sequence,
     Tuple,
@@ -73,6 +74,19 @@ class Summary:
     tcp_states: Dict[TCPState, int]
     """TCP entries per state (states with none are left out)."""
 
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`); ``by_proto`` and ``tcp_states`` most frequent first."""
+        return {
+            "total": self.total, "unreplied": self.unreplied, "assured": self.assured,
+            "by_proto": _by_count(self.by_proto), "tcp_states": _by_count(self.tcp_states),
+        }
+
+
+def _by_count(counts: Mapping[Any, int]) -> Dict[str, int]:
+    """*counts* keyed by their ``str()``, most frequent first (ties by name)."""
+    named = [(str(key), n) for key, n in counts.items()]
+    return dict(sorted(named, key=lambda item: (-item[1], item[0])))
+
 
 @dataclass
 class DeleteResult:
@@ -95,6 +109,14 @@ class DeleteResult:
     """True when nothing was deleted and ``matched`` lists what would have been."""
     matched: List[Flow] = field(default_factory=list)
     """With ``dry_run=True``: the flows that match."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`); ``matched`` only for a dry run."""
+        d: Dict[str, Any] = {"deleted": self.deleted, "vanished": self.vanished, "method": self.method,
+                             "exact": self.exact, "dry_run": self.dry_run, "interrupted": self.interrupted}
+        if self.dry_run:
+            d["matched"] = [f.to_dict() for f in self.matched]
+        return d
 
 
 def _lookup_record(target: Union[Flow, Filter, None], kwargs: dict) -> Flow:
