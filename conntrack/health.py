@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from . import sysctl
 from ._json import plain
 from ._limits import fill, sum_cpus
-from .errors import ConntrackError, InvalidValue
+from .errors import ConntrackError, InvalidValue, NotLoaded
 from .table import Conntrack
 
 WARNING_FILL = 0.90
@@ -186,7 +186,7 @@ def read_proc_stat(root: str = "/", *, netns: sysctl.NetnsSpec = None) -> List[D
             except FileNotFoundError:
                 continue
         else:
-            raise sysctl._not_loaded(os.path.join(root, "proc/net/stat/nf_conntrack"))
+            raise NotLoaded.missing(os.path.join(root, "proc/net/stat/nf_conntrack"))
         names = [_PROC_NAMES.get(n, n) for n in lines[0].split()]
         rows = []
         for cpu, line in enumerate(lines[1:]):

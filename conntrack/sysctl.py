@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, TypeVar
 
 from . import _limits, _persist, _proxmox, _recommend
+from ._check import check_int
 from ._limits import INT_MAX as INT_MAX  # re-exported, as every name below that this module does not use
 from ._limits import TIMEOUT_RE as _TIMEOUT_RE
 from ._limits import fill
@@ -44,7 +45,6 @@ from ._persist import load_at_boot, module_is_builtin, write_dropin
 from ._proxmox import is_proxmox
 from ._recommend import Recommendation, kernel_default, mem_total, recommend_max
 from .errors import NotLoaded, ReadOnlyInNamespace, from_errno
-from .flow import check_int
 from .netns import NetnsSpec
 from .netns import run_in as in_netns
 
@@ -172,19 +172,10 @@ def _read_int(path: str) -> int:
     return int(text[0])
 
 
-def _not_loaded(path: str) -> NotLoaded:
-    exc = NotLoaded(
-        errno.ENOENT,
-        "%s is missing: nf_conntrack is not loaded (modprobe nf_conntrack) or this is not Linux" % path,
-    )
-    exc.filename = path
-    return exc
-
-
 def _read_tree(root: str) -> Settings:
     d = _path(root, SYSCTL_DIR)
     if not os.path.exists(os.path.join(d, "nf_conntrack_max")):
-        raise _not_loaded(os.path.join(d, "nf_conntrack_max"))
+        raise NotLoaded.missing(os.path.join(d, "nf_conntrack_max"))
     raw: Dict[str, int] = {}
     for name in sorted(os.listdir(d)):
         path = os.path.join(d, name)
@@ -198,7 +189,7 @@ def _read_tree(root: str) -> Settings:
             continue  # went away (module unloading)
     for key in ("max", "count", "buckets", "expect_max") + _FLAGS:
         if "nf_conntrack_" + key not in raw:
-            raise _not_loaded(os.path.join(d, "nf_conntrack_" + key))
+            raise NotLoaded.missing(os.path.join(d, "nf_conntrack_" + key))
     timeouts = {name[len("nf_conntrack_"):]: value for name, value in raw.items() if _TIMEOUT_RE.fullmatch(name)}
     try:
         hashsize: Optional[int] = _read_int(_path(root, HASHSIZE_PATH))
@@ -236,7 +227,7 @@ def usage(root: str = "/", *, netns: NetnsSpec = None) -> Usage:
             return Usage(_read_int(os.path.join(d, "nf_conntrack_count")),
                          _read_int(os.path.join(d, "nf_conntrack_max")))
         except FileNotFoundError as exc:
-            raise _not_loaded(exc.filename or d) from None
+            raise NotLoaded.missing(exc.filename or d) from None
 
     return in_netns(netns, get)
 
@@ -252,7 +243,7 @@ def is_init_netns(netns: NetnsSpec = None) -> bool:
         try:
             return bool(os.stat(path).st_mode & 0o200)
         except FileNotFoundError:
-            raise _not_loaded(path) from None
+            raise NotLoaded.missing(path) from None
 
     return in_netns(netns, check)
 
@@ -321,7 +312,7 @@ def _write_file(path: str, name: str, field: str, value: int) -> int:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise _not_loaded(path) from None
+        raise NotLoaded.missing(path) from None
     if not st.st_mode & 0o222:
         if name in _NS_READONLY or name == "hashsize":
             raise _readonly(name, path)
@@ -343,7 +334,7 @@ def _write_file(path: str, name: str, field: str, value: int) -> int:
         if err == errno.EOPNOTSUPP or (err in (errno.EACCES, errno.EPERM) and name in _NS_READONLY):
             raise _readonly(name, path) from None
         if err == errno.ENOENT:
-            raise _not_loaded(path) from None
+            raise NotLoaded.missing(path) from None
         raise from_errno(err, "cannot write %s" % path, path) from None
     return previous
 

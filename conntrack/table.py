@@ -35,6 +35,7 @@ from typing import (
 )
 
 from . import _binding
+from ._check import check_create, entry_fields, nat_bits, status_names
 from ._limits import sum_cpus
 from .enums import SETTABLE_STATUS, Family, Proto, Status, TCPState, parse_family, parse_status
 from .errors import (
@@ -54,7 +55,7 @@ from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, EventStream, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter, Plan
-from .flow import ROW_FIELDS, Flow, check_create, entry_fields, rows, status_names
+from .flow import ROW_FIELDS, Flow, rows
 from .netns import NetnsSpec, resolve
 from .top import By, Top, decode, parse_by
 
@@ -495,7 +496,7 @@ class Conntrack:
             if exc.errno in (errno.ENOMEM, errno.ENOSPC):
                 raise self._insert_refused(exc.errno, "create of %s" % flow) from None
             raise
-        nat = flow._nat_bits()
+        nat = nat_bits(flow)
         labels = flow.labels
         if not nat and not labels:
             return
