@@ -473,7 +473,7 @@ class Flow:
 
     @property
     def family(self) -> Family:
-        """Address family (``Family.ipv4`` or ``Family.ipv6``)."""
+        """Address family (``Family.IPV4`` or ``Family.IPV6``)."""
         return _FAMILIES[self._b.family(self._i)]
 
     @property
