@@ -15,6 +15,10 @@ One convention for every enum of the package (these, :class:`conntrack.EventType
   (``Proto.tcp``) are the members and the upper-case ones are aliases of
   them: both spellings work, ``Proto.TCP is Proto.tcp``.
 - Parsing (``Filter(proto="TCP")``, ``parse_state(...)``) accepts any case.
+
+The members are written out, one line per C constant with its docstring,
+rather than built by a helper from a table of constant names: mypy, editors
+and Sphinx only see members written in the class body.
 """
 
 from __future__ import annotations
