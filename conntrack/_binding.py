@@ -3,12 +3,14 @@
 Everything above this module works with plain Python values.  Here live:
 sockets (one ``struct ctpy_sock`` each, opened inside a network namespace
 when asked), batches of flat records written by the C dump loop, the
-conversion of filter plans into C structs, and the errno funnel.
+conversion of a filter's plan (:mod:`conntrack.plan`) into C structs, and
+the errno funnel.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import queue
 import sys
@@ -18,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._nfct import ffi, lib
 from .errors import ConntrackError, from_errno
+from .plan import BPFPart, CheckPart, KernelPart, NatMatch, Network, TuplePart
 
 #: Records per batch handed from C to Python.
 BATCH = 2048
@@ -278,66 +281,149 @@ def _parse_message(data: bytes, reference: bool = False) -> Tuple[Batch, Optiona
 # -- filters ----------------------------------------------------------------
 
 
-def ufilter(spec: Dict[str, Any]) -> Any:
-    """A ``struct ctpy_filter`` from a plain description (see filter.py)."""
+_CHECK_BITS = (
+    # CheckPart field -> its bit in ctpy_filter.fields (the C check tests only the fields set)
+    ("family", lib.CTPY_F_FAMILY), ("proto", lib.CTPY_F_PROTO),
+    ("src", lib.CTPY_F_ORIG_SRC), ("dst", lib.CTPY_F_ORIG_DST),
+    ("reply_src", lib.CTPY_F_REPLY_SRC), ("reply_dst", lib.CTPY_F_REPLY_DST),
+    ("sport", lib.CTPY_F_SPORT), ("dport", lib.CTPY_F_DPORT), ("state", lib.CTPY_F_STATE),
+    ("status", lib.CTPY_F_STATUS), ("mark", lib.CTPY_F_MARK), ("zone", lib.CTPY_F_ZONE),
+    ("labels", lib.CTPY_F_LABELS), ("orig_zone", lib.CTPY_F_ORIG_ZONE), ("reply_zone", lib.CTPY_F_REPLY_ZONE),
+    ("src_nat", lib.CTPY_F_SRC_NAT), ("dst_nat", lib.CTPY_F_DST_NAT), ("any_nat", lib.CTPY_F_ANY_NAT),
+)
+_BPF_BITS = (
+    ("proto", lib.CTPY_B_PROTO), ("state", lib.CTPY_B_STATE), ("src", lib.CTPY_B_SRC),
+    ("dst", lib.CTPY_B_DST), ("mark", lib.CTPY_B_MARK), ("zone", lib.CTPY_B_ZONE),
+)
+
+
+def _bits(part: Any, table: Tuple[Tuple[str, int], ...]) -> int:
+    return sum(bit for name, bit in table if getattr(part, name) is not None)
+
+
+def _states(states: Tuple[Any, ...]) -> int:
+    return sum(1 << int(s) for s in set(states))
+
+
+def _cidr(c: Any, net: Network) -> None:
+    """A ``struct ctpy_cidr`` from a network (its address is already masked)."""
+    c.family = lib.AF_INET if net.version == 4 else lib.AF_INET6
+    ffi.memmove(c.addr, net.network_address.packed, len(net.network_address.packed))
+    ffi.memmove(c.mask, net.netmask.packed, len(net.netmask.packed))
+
+
+def _nat(c: Any, nat: NatMatch) -> None:
+    c.family = lib.AF_INET6 if nat.addr is not None and nat.addr.version == 6 else lib.AF_INET
+    if nat.addr is not None:
+        ffi.memmove(c.addr, nat.addr.packed, len(nat.addr.packed))
+        c.has_addr = 1
+    if nat.port is not None:
+        c.port = nat.port
+        c.has_port = 1
+
+
+def _fill_shared(c: Any, part: Any, src: Any, dst: Any) -> None:
+    """The members ``struct ctpy_filter`` and ``struct ctpy_bpf`` share: protocol,
+    states, original addresses (into *src*, *dst*), mark and zone."""
+    if part.proto is not None:
+        c.proto = part.proto
+    if part.state is not None:
+        c.states = _states(part.state)
+    if part.src is not None:
+        _cidr(src, part.src)
+    if part.dst is not None:
+        _cidr(dst, part.dst)
+    if part.mark is not None:
+        c.mark_val, c.mark_mask = part.mark
+    if part.zone is not None:
+        c.zone = part.zone
+
+
+@functools.lru_cache(maxsize=64)
+def _check_filter(part: CheckPart) -> Any:
+    """A ``struct ctpy_filter`` for the C check (cached: an event stream asks per batch)."""
     f = ffi.new("struct ctpy_filter *")
-    fields = 0
-    for key, value in spec.items():
-        fields |= getattr(lib, "CTPY_F_" + key.upper())
-        if key in ("orig_src", "orig_dst", "reply_src", "reply_dst"):
-            family, addr, mask = value
-            c = getattr(f, key)
-            c.family = family
-            ffi.memmove(c.addr, addr, len(addr))
-            ffi.memmove(c.mask, mask, len(mask))
-        elif key in ("sport", "dport"):
-            setattr(f, key + "_lo", value[0])
-            setattr(f, key + "_hi", value[1])
-        elif key == "state":
-            f.states = value
-        elif key in ("status", "mark"):
-            setattr(f, key + "_val", value[0])
-            setattr(f, key + "_mask", value[1])
-        elif key == "labels":
-            ffi.memmove(f.labels_val, value[0], 16)
-            ffi.memmove(f.labels_mask, value[1], 16)
-        elif key in ("src_nat", "dst_nat", "any_nat"):
-            family, addr, port = value
-            c = getattr(f, key)
-            c.family = family
-            if addr is not None:
-                ffi.memmove(c.addr, addr, len(addr))
-                c.has_addr = 1
-            if port is not None:
-                c.port = port
-                c.has_port = 1
-        else:
-            setattr(f, key, value)
-    f.fields = fields
+    f.fields = _bits(part, _CHECK_BITS)
+    _fill_shared(f, part, f.orig_src, f.orig_dst)
+    if part.family is not None:
+        f.family = part.family
+    for net, c in ((part.reply_src, f.reply_src), (part.reply_dst, f.reply_dst)):
+        if net is not None:
+            _cidr(c, net)
+    if part.sport is not None:
+        f.sport_lo, f.sport_hi = part.sport
+    if part.dport is not None:
+        f.dport_lo, f.dport_hi = part.dport
+    if part.status is not None:
+        f.status_val, f.status_mask = part.status
+    if part.labels is not None:
+        ffi.memmove(f.labels_val, part.labels, 16)
+        ffi.memmove(f.labels_mask, part.labels, 16)
+    if part.orig_zone is not None:
+        f.orig_zone = part.orig_zone
+    if part.reply_zone is not None:
+        f.reply_zone = part.reply_zone
+    for nat, c in ((part.src_nat, f.src_nat), (part.dst_nat, f.dst_nat), (part.any_nat, f.any_nat)):
+        if nat is not None:
+            _nat(c, nat)
     return f
 
 
-def kfilter(spec: Dict[str, Any]) -> Any:
-    """A ``struct ctpy_kfilter`` (or NULL when empty) for dump/flush requests."""
-    if not spec:
-        return ffi.NULL
+def _kernel_tuple(t: Any, family: int, part: TuplePart) -> int:
+    """Fill a ``struct ctpy_tuple`` with *part*; its CTA_FILTER flags."""
+    flags = 0
+    t.family = family
+    if part.proto is not None:
+        t.proto = part.proto
+        flags |= lib.CTPY_CTA_PROTO_NUM
+    if part.src is not None:
+        ffi.memmove(t.src, part.src.packed, len(part.src.packed))
+        flags |= lib.CTPY_CTA_IP_SRC
+    if part.dst is not None:
+        ffi.memmove(t.dst, part.dst.packed, len(part.dst.packed))
+        flags |= lib.CTPY_CTA_IP_DST
+    if part.sport is not None:
+        t.sport = part.sport
+        flags |= lib.CTPY_CTA_SRC_PORT
+    if part.dport is not None:
+        t.dport = part.dport
+        flags |= lib.CTPY_CTA_DST_PORT
+    return flags
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_filter(part: KernelPart) -> Any:
+    """A ``struct ctpy_kfilter`` for dump/flush requests (NULL when it asks nothing)."""
     k = ffi.new("struct ctpy_kfilter *")
     fields = 0
-    for key, value in spec.items():
-        if key in ("mark", "status"):
-            fields |= getattr(lib, "CTPY_K_" + key.upper())
-            setattr(k, key + "_val", value[0])
-            setattr(k, key + "_mask", value[1])
-        elif key == "zone":
-            fields |= lib.CTPY_K_ZONE
-            k.zone = value
-        elif key in ("orig", "reply"):
-            flags, values = value
-            fields |= lib.CTPY_K_TUPLE
-            setattr(k, key + "_flags", flags)
-            _fill_tuple(getattr(k, key), *values)
+    if part.mark is not None:
+        fields |= lib.CTPY_K_MARK
+        k.mark_val, k.mark_mask = part.mark
+    if part.status is not None:
+        fields |= lib.CTPY_K_STATUS
+        k.status_val, k.status_mask = part.status
+    if part.zone is not None:
+        fields |= lib.CTPY_K_ZONE
+        k.zone = part.zone
+    family = int(part.family or 0)
+    if part.orig is not None:
+        fields |= lib.CTPY_K_TUPLE
+        k.orig_flags = _kernel_tuple(k.orig, family, part.orig)
+    if part.reply is not None:
+        fields |= lib.CTPY_K_TUPLE
+        k.reply_flags = _kernel_tuple(k.reply, family, part.reply)
+    if not fields:
+        return ffi.NULL
     k.fields = fields
     return k
+
+
+def _bpf_filter(part: BPFPart) -> Any:
+    """A ``struct ctpy_bpf`` for an event socket's kernel-side filter."""
+    b = ffi.new("struct ctpy_bpf *")
+    b.fields = _bits(part, _BPF_BITS)
+    _fill_shared(b, part, b.src, b.dst)
+    return b
 
 
 #: ctnetlink wire values from the installed headers (the parser tests build messages).
@@ -346,15 +432,6 @@ WIRE = {
     for name in dir(lib)
     if name.startswith(("CTA_", "NFNL", "NLM_F_", "NLA_F_", "IPCTNL_", "IPPROTO_", "AF_"))
 }
-
-CTA = {
-    "src": lib.CTPY_CTA_IP_SRC,
-    "dst": lib.CTPY_CTA_IP_DST,
-    "proto": lib.CTPY_CTA_PROTO_NUM,
-    "sport": lib.CTPY_CTA_SRC_PORT,
-    "dport": lib.CTPY_CTA_DST_PORT,
-}
-
 
 # -- sockets ----------------------------------------------------------------
 
@@ -400,46 +477,48 @@ class Socket:
 
     # -- dumps ----------------------------------------------------------------
 
-    def _start_dump(self, family: int, kf: Any) -> Socket:
+    def _start_dump(self, kernel: KernelPart) -> Socket:
         """A new socket in the same namespace with a dump request sent on it."""
         sock = Socket(self._netns_fd, self._timeout)
         try:
-            check(lib.ctpy_dump_start(sock._p(), family, kf), "dump")
+            check(lib.ctpy_dump_start(sock._p(), int(kernel.family or 0), _kernel_filter(kernel)), "dump")
         except BaseException:
             sock.close()
             raise
         return sock
 
     def dump(
-        self, family: int, kf: Any, uf: Any, prefetch: bool = True, state: Optional[DumpState] = None
+        self, kernel: KernelPart, user: CheckPart, prefetch: bool = True, state: Optional[DumpState] = None
     ) -> Iterator[Batch]:
-        """Batches of matching records; each dump has its own socket.
+        """Batches of the records *user* matches, of a dump the kernel filters
+        by *kernel*; each dump has its own socket.
 
         *state*, when given, learns at the end whether the kernel flagged the
         dump as interrupted (NLM_F_DUMP_INTR)."""
-        sock = self._start_dump(family, kf)
+        sock = self._start_dump(kernel)
+        uf = _check_filter(user)
         st = state if state is not None else DumpState()
         if prefetch:
             return _prefetched(sock, uf, st)
         return _sequential(sock, uf, st)
 
-    def count(self, family: int, kf: Any, uf: Any, state: Optional[DumpState] = None) -> int:
-        sock = self._start_dump(family, kf)
+    def count(self, kernel: KernelPart, user: CheckPart, state: Optional[DumpState] = None) -> int:
+        sock = self._start_dump(kernel)
         try:
             p = sock._p()
             out = ffi.new("uint64_t *")
-            check(lib.ctpy_dump_count(p, uf, out), "dump")
+            check(lib.ctpy_dump_count(p, _check_filter(user), out), "dump")
             if state is not None:
                 state.interrupted = bool(lib.ctpy_dump_interrupted(p))
             return int(out[0])
         finally:
             sock.close()
 
-    def summary(self, family: int, kf: Any, uf: Any) -> SummaryValues:
+    def summary(self, kernel: KernelPart, user: CheckPart) -> SummaryValues:
         """(total, unreplied, assured, by protocol number, TCP by state number) of one dump."""
-        return self.top(family, kf, uf, None, 0)[1]
+        return self.top(kernel, user, None, 0)[1]
 
-    def top(self, family: int, kf: Any, uf: Any, parts: Optional[List[Tuple[str, int, int]]],
+    def top(self, kernel: KernelPart, user: CheckPart, parts: Optional[List[Tuple[str, int, int]]],
             n: int) -> Tuple[Optional[TopValues], SummaryValues]:
         """One counting dump, in C: the summary and, with *parts*, counts by key.
 
@@ -463,9 +542,9 @@ class Socket:
                 raise from_errno(errno.ENOMEM, "top")
             t = ffi.gc(ptr, lib.ctpy_top_free)
         out = ffi.new("struct ctpy_summary *")
-        sock = self._start_dump(family, kf)
+        sock = self._start_dump(kernel)
         try:
-            check(lib.ctpy_dump_top(sock._p(), uf, t, out), "dump")
+            check(lib.ctpy_dump_top(sock._p(), _check_filter(user), t, out), "dump")
         finally:
             sock.close()
         protos = {k: int(out.by_proto[k]) for k in range(256) if out.by_proto[k]}
@@ -486,7 +565,7 @@ class Socket:
     def crosscheck(self) -> Tuple[int, int, Optional[Tuple[Batch, Batch]]]:
         """Dump the table parsing every entry twice: with the fast C parser and
         with libnetfilter_conntrack's.  (checked, mismatched, first mismatch)."""
-        sock = self._start_dump(0, ffi.NULL)
+        sock = self._start_dump(KernelPart())
         try:
             p = sock._p()
             checked = ffi.new("uint64_t *")
@@ -509,8 +588,8 @@ class Socket:
         out.n = 1
         return out
 
-    def flush(self, family: int, kf: Any) -> None:
-        check(lib.ctpy_flush(self._p(), family, kf), "flush")
+    def flush(self, kernel: KernelPart) -> None:
+        check(lib.ctpy_flush(self._p(), int(kernel.family or 0), _kernel_filter(kernel)), "flush")
 
     def batch(self, msg: int, flags: int, b: Batch, pin_id: bool,
               tally: Optional[Tally] = None) -> Tuple[int, int, int, int, int]:
@@ -598,28 +677,11 @@ class EventSocket:
         """The socket's descriptor (readable when events are queued)."""
         return int(lib.ctpy_events_fd(self._p()))
 
-    def attach_bpf(self, spec: Dict[str, Any]) -> None:
-        """Attach the kernel-side event filter described by *spec* (see filter.py)."""
-        b = ffi.new("struct ctpy_bpf *")
-        fields = 0
-        for key, value in spec.items():
-            fields |= getattr(lib, "CTPY_B_" + key.upper())
-            if key in ("src", "dst"):
-                family, addr, mask = value
-                c = getattr(b, key)
-                c.family = family
-                ffi.memmove(c.addr, addr, len(addr))
-                ffi.memmove(c.mask, mask, len(mask))
-            elif key == "mark":
-                b.mark_val, b.mark_mask = value
-            elif key == "state":
-                b.states = value
-            else:
-                setattr(b, key, value)
-        b.fields = fields
-        check(lib.ctpy_events_bpf(self._p(), b), "attach the event filter")
+    def attach_bpf(self, part: BPFPart) -> None:
+        """Attach the kernel-side event filter *part*."""
+        check(lib.ctpy_events_bpf(self._p(), _bpf_filter(part)), "attach the event filter")
 
-    def next(self, uf: Any, timeout_ms: int) -> Tuple[Batch, List[int], int, Optional[int]]:
+    def next(self, user: CheckPart, timeout_ms: int) -> Tuple[Batch, List[int], int, Optional[int]]:
         """A batch of matching events (maybe empty), their types, the overflows
         since the last call and the events lost with them (None: unknown).
 
@@ -630,7 +692,7 @@ class EventSocket:
         types = self._types
         self._overflows[0] = 0
         self._lost[0] = 0
-        b.n = check(lib.ctpy_events_next(self._p(), uf, b.recs, types, EVENT_BATCH, b.pool, b.pool_size,
+        b.n = check(lib.ctpy_events_next(self._p(), _check_filter(user), b.recs, types, EVENT_BATCH, b.pool, b.pool_size,
                                          timeout_ms, self._overflows, self._lost), "events")
         lost = int(self._lost[0])
         return b, [int(types[i]) for i in range(b.n)], int(self._overflows[0]), (lost if lost >= 0 else None)

@@ -54,7 +54,7 @@ from ._binding import nfct_version
 from .errors import BulkDeleteError, ConntrackError, DeleteInterrupted, MatchesEverything
 from .events import EventType
 from .features import KernelFeatures
-from .filter import Filter
+from .filter import FIELDS, Filter
 from .flow import Flow
 from .netns import resolve
 from .table import Conntrack, DeleteResult
@@ -78,11 +78,7 @@ KEY_TIMEOUTS = (
 
 # Library field names (an InvalidValue's ``field``) -> the option that set them.
 _OPTION_OF = {
-    "family": "--family", "proto": "--proto", "src": "--src", "dst": "--dst",
-    "reply_src": "--reply-src", "reply_dst": "--reply-dst", "sport": "--sport", "dport": "--dport",
-    "state": "--state", "status": "--status", "mark": "--mark", "zone": "--zone", "labels": "--label",
-    "orig_zone": "--orig-zone", "reply_zone": "--reply-zone", "src_nat": "--src-nat", "dst_nat": "--dst-nat",
-    "any_nat": "--any-nat",
+    **{f.name: f.options[0].flags[-1] for f in FIELDS},  # a Filter keyword: its (first) long option
     "interval": "--interval", "max": "N",
 }
 
@@ -121,51 +117,30 @@ def _message(exc: BaseException) -> str:
 # -- the filter options ------------------------------------------------------------------------
 
 
-_FILTER_DESTS = ("family", "proto", "src", "dst", "reply_src", "reply_dst", "sport", "dport", "state",
-                 "status", "unreplied", "assured", "snat", "dnat", "mark", "zone", "labels",
-                 "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat")
-
-
 def _add_filter_options(p: argparse.ArgumentParser) -> None:
+    """One option (or a pair of exclusive ones) per Filter keyword, from the filter's FIELDS."""
     g = p.add_argument_group("filter (every option given must match)")
-    g.add_argument("-f", "--family", metavar="ipv4|ipv6", help="address family")
-    g.add_argument("-p", "--proto", metavar="PROTO", help="layer-4 protocol: tcp, udp, icmp, sctp, ... or a number")
-    g.add_argument("-s", "--src", metavar="ADDR[/LEN]", help="original source address or CIDR network")
-    g.add_argument("-d", "--dst", metavar="ADDR[/LEN]", help="original destination address or CIDR network")
-    g.add_argument("--reply-src", metavar="ADDR[/LEN]", help="reply source address or CIDR network")
-    g.add_argument("--reply-dst", metavar="ADDR[/LEN]", help="reply destination address or CIDR network")
-    g.add_argument("--sport", metavar="PORT|LO-HI", help="original source port or range")
-    g.add_argument("--dport", metavar="PORT|LO-HI", help="original destination port or range")
-    g.add_argument("--state", action="append", metavar="STATE[,STATE...]",
-                   help="connection state, e.g. ESTABLISHED (TCP unless --proto says otherwise); "
-                        "repeat or separate with commas for any of several")
-    g.add_argument("-u", "--status", metavar="BIT[,BIT...]", help="status bits that must all be set, e.g. ASSURED,SEEN_REPLY")
-    reply = g.add_mutually_exclusive_group()
-    reply.add_argument("--unreplied", dest="unreplied", action="store_const", const=True,
-                       help="only entries that never saw a reply ([UNREPLIED])")
-    reply.add_argument("--replied", dest="unreplied", action="store_const", const=False,
-                       help="only entries that saw a reply")
-    g.add_argument("--assured", action=argparse.BooleanOptionalAction, help="only (or, with --no-, no) ASSURED entries")
-    g.add_argument("--snat", action=argparse.BooleanOptionalAction, help="only (or no) source-NATed entries")
-    g.add_argument("--dnat", action=argparse.BooleanOptionalAction, help="only (or no) destination-NATed entries")
-    g.add_argument("-m", "--mark", metavar="VALUE[/MASK]", help="connection mark, e.g. 0x10/0xff")
-    g.add_argument("-w", "--zone", metavar="ZONE", help="conntrack zone")
-    g.add_argument("--orig-zone", metavar="ZONE", help="zone of the original direction only (zone-orig=)")
-    g.add_argument("--reply-zone", metavar="ZONE", help="zone of the reply direction only (zone-reply=)")
-    for opt, what in (("--src-nat", "source NAT"), ("--dst-nat", "destination NAT"), ("--any-nat", "any NAT")):
-        g.add_argument(opt, nargs="?", const=True, metavar="ADDR[:PORT]",
-                       help="only entries with %s (to ADDR[:PORT] when given; [IPV6]:PORT), "
-                            "as conntrack(8) compares the reply tuple" % what)
-    g.add_argument("--label", dest="labels", action="append", metavar="BIT",
-                   help="connection label bit that must be set (repeatable)")
+    for f in FIELDS:
+        into = g.add_mutually_exclusive_group() if len(f.options) > 1 else g
+        for opt in f.options:
+            kw: Dict[str, Any] = {"dest": f.name, "help": opt.help}
+            if opt.metavar is None:
+                kw.update(action="store_const", const=opt.const)
+            else:
+                kw["metavar"] = opt.metavar
+                if opt.const is not None:
+                    kw.update(nargs="?", const=opt.const)
+                if opt.repeat:
+                    kw["action"] = "append"
+            into.add_argument(*opt.flags, **kw)
 
 
 def _filter_keywords(args: argparse.Namespace) -> Dict[str, Any]:
     kw: Dict[str, Any] = {}
-    for name in _FILTER_DESTS:
-        value = getattr(args, name, None)
+    for f in FIELDS:
+        value = getattr(args, f.name, None)
         if value is not None:
-            kw[name] = value
+            kw[f.name] = value
     if "state" in kw:
         kw["state"] = [s for item in kw["state"] for s in item.split(",") if s.strip()]
         if not kw["state"]:

@@ -26,8 +26,8 @@ from typing import Any, Deque, Dict, Iterator, Optional
 
 from . import _binding
 from .enums import NamedIntFlag
-from .filter import Plan
 from .flow import Flow
+from .plan import Plan
 
 #: Receive buffer asked for an event socket: room for about 200,000 queued events.
 DEFAULT_RCVBUF = 256 * 1024 * 1024
@@ -99,7 +99,6 @@ class EventStream:
                  idle_timeout: Optional[float], resync: bool) -> None:
         self._sock = sock
         self._plan = plan
-        self._uf = _binding.ufilter(plan.user)
         self._idle = idle_timeout
         self._auto_resync = resync
         self._pending: Deque[Event] = collections.deque()
@@ -182,7 +181,7 @@ class EventStream:
         plan = self._plan
         factory = _binding.Socket(self._netns_fd)
         try:
-            yield from factory.dump(plan.family, _binding.kfilter(plan.kernel), self._uf, prefetch=False)
+            yield from factory.dump(plan.kernel, plan.user, prefetch=False)
         finally:
             factory.close()
 
@@ -203,7 +202,7 @@ class EventStream:
 
     def _read(self, timeout: float) -> bool:
         """One call into the C reader; True when it produced something."""
-        batch, kinds, overflows, lost = self._sock.next(self._uf, int(timeout * 1000))
+        batch, kinds, overflows, lost = self._sock.next(self._plan.user, int(timeout * 1000))
         pending = self._pending
         for i, kind in enumerate(kinds):
             pending.append(Event(_TYPES[kind], Flow._from_batch(batch, i)))

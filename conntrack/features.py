@@ -219,6 +219,7 @@ def _probe_here() -> Dict[str, bool]:
     from .enums import Status
     from .filter import Filter
     from .flow import Flow
+    from .plan import CheckPart
     from .table import Conntrack
 
     _binding.unshare_netns()  # this thread only; the namespace goes with its last socket
@@ -240,8 +241,7 @@ def _probe_here() -> Dict[str, bool]:
         def returned(**kw: Any) -> Set[int]:
             plan = Filter(**kw).compile(everything)
             seen: Set[int] = set()
-            for batch in ct._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter({}),
-                                       prefetch=False):
+            for batch in ct._sock.dump(plan.kernel, CheckPart(), prefetch=False):
                 seen.update(Flow._from_batch(batch, i).orig.sport or 0 for i in range(batch.n))
             return seen
 

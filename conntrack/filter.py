@@ -1,18 +1,21 @@
 """Filters: which flows a dump, count or bulk delete applies to.
 
 A :class:`Filter` is built from keywords (strings accepted wherever a
-person would type one) and compiled, per handle, into two parts: what the
-kernel filters (family, mark, status, zone, exact tuple parts, when the
-running kernel can) and what the C layer checks on every parsed record
-(everything, so the answer never depends on the kernel).  Python never
-looks at a record that does not match.
+person would type one) and compiled, per handle, into a
+:class:`~conntrack.plan.Plan`: what the kernel filters (family, mark,
+status, zone, exact tuple parts, when the running kernel can) and what the
+C layer checks on every parsed record (everything, so the answer never
+depends on the kernel).  Python never looks at a record that does not match.
+
+Every keyword is declared once, in :data:`FIELDS`: how it is read, shown,
+offered on the command line and compiled.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from . import _binding
 from ._check import PORT_PROTOS as _PORT_PROTOS
@@ -20,22 +23,9 @@ from ._check import IPAddress, check_address, check_int, check_port, labels_to_b
 from .enums import Family, Proto, State, Status, parse_family, parse_proto, parse_state, parse_status
 from .errors import InvalidType, InvalidValue, keyword
 from .features import KernelFeatures
+from .plan import BPFPart, CheckPart, KernelPart, NatMatch, Network, Plan, TuplePart
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 PortSpec = Union[int, str, Tuple[int, int], range]
-
-
-class NatMatch(NamedTuple):
-    """A NAT filter part: the translated address and port (None: any)."""
-
-    addr: Optional[IPAddress] = None
-    port: Optional[int] = None
-
-    def __str__(self) -> str:
-        addr = "" if self.addr is None else "[%s]" % self.addr if self.addr.version == 6 else str(self.addr)
-        if self.port is None:
-            return addr or "any"
-        return "%s:%d" % (addr, self.port)
 
 
 def _nat(value: Any, field_name: str) -> NatMatch:
@@ -127,6 +117,192 @@ def _masked(value: Any, field_name: str, bits: int) -> Tuple[int, int]:
     return v, m
 
 
+def _flag(value: Any, field_name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidType(keyword(field_name), "%s: expected True, False or None, got %r" % (field_name, value))
+    return value
+
+
+def _state_items(value: Any, field_name: str) -> Tuple[Any, ...]:
+    """The states as given (read against the protocol in ``Filter.__init__``)."""
+    items = (value,) if isinstance(value, (str, int)) else tuple(value)
+    if not items:
+        raise InvalidValue(keyword(field_name), "%s: give at least one state" % field_name)
+    return items
+
+
+def _mark(value: Any, field_name: str) -> Tuple[int, int]:
+    return _masked(value, field_name, 32)
+
+
+def _zone(value: Any, field_name: str) -> int:
+    return check_int(value, field_name, 0, 0xFFFF)
+
+
+def _direction_zone(value: Any, field_name: str) -> int:
+    # a zone of one direction only (conntrack's --orig-zone/--reply-zone; 0 is no zone)
+    return check_int(value, field_name, 1, 0xFFFF)
+
+
+def _labels(value: Any, field_name: str) -> bytes:
+    return labels_to_bytes(value, field_name)
+
+
+def _show_net(net: Network) -> str:
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def _show_ports(rng: Tuple[int, int]) -> str:
+    return "%d" % rng[0] if rng[0] == rng[1] else "%d-%d" % rng
+
+
+def _show_labels(raw: bytes) -> str:
+    bits = int.from_bytes(raw, "little")
+    return ",".join(str(i) for i in range(128) if bits >> i & 1) or "none"
+
+
+class Carrier(NamedTuple):
+    """A kernel filter that can carry a field: the feature flags that say
+    whether the running kernel honours it on a dump and on a flush."""
+
+    dump: Optional[str]
+    """The :class:`KernelFeatures` flag for dumps (None: always honoured)."""
+    flush: str
+    """The flag for flushes: a flush may rely on the field only then."""
+
+
+FAMILY = Carrier(None, "flush_family")  # the request header's family
+MARK = Carrier("dump_mark", "flush_mark")  # CTA_MARK + CTA_MARK_MASK
+STATUS = Carrier("dump_status", "flush_status")  # CTA_STATUS + CTA_STATUS_MASK, one for every status field
+ZONE = Carrier("dump_zone", "flush_zone")  # CTA_ZONE
+TUPLE = Carrier("dump_tuple", "flush_tuple")  # CTA_FILTER: exact tuple parts only, the family known
+
+
+class Option(NamedTuple):
+    """One command-line spelling of a field (``pyconntrack list`` and friends)."""
+
+    flags: Tuple[str, ...]
+    help: str
+    metavar: Optional[str] = None
+    """None: the option takes no value and stands for ``const``."""
+    const: Any = None
+    """With a metavar: the value when the option is given alone (``--src-nat``)."""
+    repeat: bool = False
+    """May be given many times; the values are collected in a list."""
+
+
+def _never(value: Any) -> bool:
+    return False
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    """One :class:`Filter` keyword, declared once.
+
+    The constructor reads it with ``parse``, :attr:`Filter.matches_everything`
+    asks ``empty``, :meth:`Filter.compile` sends it to the kernel through
+    ``carrier`` (None: the C check only; per-kind limits are in
+    ``compile``), ``explain`` shows it as ``name=show(value)``, and the
+    command line offers ``options``.  Cross-field rules (family from
+    addresses, state needing a protocol, flags against status) are plain
+    code in :class:`Filter`.
+    """
+
+    name: str
+    parse: Callable[[Any, str], Any]
+    """The keyword's value -> the stored value; raises ``InvalidValue``/``InvalidType`` naming the field."""
+    options: Tuple[Option, ...]
+    show: Callable[[Any], str] = str
+    carrier: Optional[Carrier] = None
+    bpf: bool = False
+    """An event socket's BPF program can check it (when, is decided in ``_compile_events``)."""
+    empty: Callable[[Any], bool] = _never
+    """True for a stored value that restricts nothing (a field restricts by default)."""
+    keyword: Callable[[Any], Any] = _same
+    """The stored value back as a keyword value the constructor accepts."""
+
+    def text(self, value: Any) -> str:
+        return "%s=%s" % (self.name, self.show(value))
+
+
+def _yes_no(name: str, yes: str, no: str) -> Tuple[Option, ...]:
+    return (Option(("--" + name,), yes, const=True), Option(("--no-" + name,), no, const=False))
+
+
+def _nat_options(flag: str, what: str) -> Tuple[Option, ...]:
+    return (Option((flag,), "only entries with %s (to ADDR[:PORT] when given; [IPV6]:PORT), "
+                            "as conntrack(8) compares the reply tuple" % what, "ADDR[:PORT]", const=True),)
+
+
+def _net_options(flags: Tuple[str, ...], what: str) -> Tuple[Option, ...]:
+    return (Option(flags, "%s address or CIDR network" % what, "ADDR[/LEN]"),)
+
+
+# The table: one entry per Filter keyword, in the order of Filter's fields (its repr).
+FIELDS: Tuple[Field, ...] = (
+    Field("family", parse_family, (Option(("-f", "--family"), "address family", "ipv4|ipv6"),),
+          carrier=FAMILY),
+    Field("proto", parse_proto,
+          (Option(("-p", "--proto"), "layer-4 protocol: tcp, udp, icmp, sctp, ... or a number", "PROTO"),),
+          carrier=TUPLE, bpf=True),
+    Field("src", _network, _net_options(("-s", "--src"), "original source"), show=_show_net, carrier=TUPLE, bpf=True),
+    Field("dst", _network, _net_options(("-d", "--dst"), "original destination"), show=_show_net, carrier=TUPLE, bpf=True),
+    Field("reply_src", _network, _net_options(("--reply-src",), "reply source"), show=_show_net, carrier=TUPLE),
+    Field("reply_dst", _network, _net_options(("--reply-dst",), "reply destination"), show=_show_net, carrier=TUPLE),
+    Field("sport", _ports, (Option(("--sport",), "original source port or range", "PORT|LO-HI"),),
+          show=_show_ports, carrier=TUPLE),
+    Field("dport", _ports, (Option(("--dport",), "original destination port or range", "PORT|LO-HI"),),
+          show=_show_ports, carrier=TUPLE),
+    Field("state", _state_items,
+          (Option(("--state",), "connection state, e.g. ESTABLISHED (TCP unless --proto says otherwise); "
+                                "repeat or separate with commas for any of several", "STATE[,STATE...]",
+                  repeat=True),),
+          show=lambda states: ",".join(s.name for s in states), bpf=True),
+    Field("status", parse_status,
+          (Option(("-u", "--status"), "status bits that must all be set, e.g. ASSURED,SEEN_REPLY", "BIT[,BIT...]"),),
+          carrier=STATUS, empty=lambda bits: int(bits) == 0),
+    Field("unreplied", _flag, (Option(("--unreplied",), "only entries that never saw a reply ([UNREPLIED])",
+                                      const=True),
+                               Option(("--replied",), "only entries that saw a reply", const=False)),
+          carrier=STATUS),
+    Field("assured", _flag, _yes_no("assured", "only ASSURED entries", "no ASSURED entries"), carrier=STATUS),
+    Field("snat", _flag, _yes_no("snat", "only source-NATed entries", "no source-NATed entries"), carrier=STATUS),
+    Field("dnat", _flag, _yes_no("dnat", "only destination-NATed entries", "no destination-NATed entries"),
+          carrier=STATUS),
+    Field("mark", _mark, (Option(("-m", "--mark"), "connection mark, e.g. 0x10/0xff", "VALUE[/MASK]"),),
+          show=lambda m: "%#x/%#x" % m, carrier=MARK, bpf=True, empty=lambda m: m[1] == 0),
+    Field("zone", _zone, (Option(("-w", "--zone"), "conntrack zone", "ZONE"),), carrier=ZONE, bpf=True),
+    Field("labels", _labels,
+          (Option(("--label",), "connection label bit that must be set (repeatable)", "BIT", repeat=True),),
+          show=_show_labels, empty=lambda raw: not any(raw), keyword=lambda raw: int.from_bytes(raw, "little")),
+    Field("orig_zone", _direction_zone,
+          (Option(("--orig-zone",), "zone of the original direction only (zone-orig=)", "ZONE"),)),
+    Field("reply_zone", _direction_zone,
+          (Option(("--reply-zone",), "zone of the reply direction only (zone-reply=)", "ZONE"),)),
+    Field("src_nat", _nat, _nat_options("--src-nat", "source NAT")),
+    Field("dst_nat", _nat, _nat_options("--dst-nat", "destination NAT")),
+    Field("any_nat", _nat, _nat_options("--any-nat", "any NAT")),
+)
+"""Every :class:`Filter` keyword; ``tests/test_filter_fields.py`` checks it against
+the dataclass fields and the constructor's signature."""
+
+FIELD = {f.name: f for f in FIELDS}
+
+
+def _family_of(value: Any) -> Optional[Family]:
+    """The family an address-like value implies (None: it implies none)."""
+    addr = value.addr if isinstance(value, NatMatch) else value
+    if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv4Network)):
+        return Family.ipv4
+    if isinstance(addr, (ipaddress.IPv6Address, ipaddress.IPv6Network)):
+        return Family.ipv6
+    return None
+
+
 @dataclass(frozen=True)
 class Filter:
     """Which flows to act on.  Every given part must match (AND).
@@ -141,6 +317,7 @@ class Filter:
         Filter(any_nat=True, reply_zone=4)            # conntrack -L --any-nat --reply-zone 4
     """
 
+    # the same names, in the same order, as FIELDS and __init__ (tests/test_filter_fields.py)
     family: Optional[Family] = None
     proto: Optional[Proto] = None
     src: Optional[Network] = None
@@ -190,77 +367,48 @@ class Filter:
         dst_nat: Any = None,
         any_nat: Any = None,
     ) -> None:
-        set_ = object.__setattr__
-        fam = parse_family(family) if family is not None else None
-        nats = {}
-        for name, value in (("src_nat", src_nat), ("dst_nat", dst_nat), ("any_nat", any_nat)):
-            if value is None:
+        given = locals()  # the keywords by name: the signature is FIELDS, written out for type checkers
+        v: Dict[str, Any] = {f.name: f.parse(given[f.name], f.name) for f in FIELDS if given[f.name] is not None}
+        # the family: given, or implied by an address (all of them in one family)
+        fam: Optional[Family] = v.get("family")
+        for f in FIELDS:
+            implied = _family_of(v.get(f.name))
+            if implied is None or f.name == "family":
                 continue
-            nat = _nat(value, name)
-            if nat.addr is not None:
-                nat_family = Family.ipv4 if nat.addr.version == 4 else Family.ipv6
-                if fam is not None and nat_family != fam:
-                    raise InvalidValue(keyword(name), "%s: %s is not in family %s" % (name, nat.addr, fam.name))
-                fam = nat_family
-            nats[name] = nat
-        nets = {}
-        for name, value in (("src", src), ("dst", dst), ("reply_src", reply_src), ("reply_dst", reply_dst)):
-            if value is None:
-                continue
-            net = _network(value, name)
-            net_family = Family.ipv4 if net.version == 4 else Family.ipv6
-            if fam is not None and net_family != fam:
-                raise InvalidValue(keyword(name), "%s: %s is not in family %s" % (name, net, fam.name))
-            fam = net_family
-            nets[name] = net
-        p = parse_proto(proto) if proto is not None else None
+            if fam is not None and implied != fam:
+                shown = v[f.name].addr if isinstance(v[f.name], NatMatch) else v[f.name]
+                raise InvalidValue(f.name, "%s: %s is not in family %s" % (f.name, shown, fam.name))
+            fam = implied
+        if fam is not None:
+            v["family"] = fam
+        p: Optional[Proto] = v.get("proto")
         if p == Proto.icmp and fam == Family.ipv6 or p == Proto.icmpv6 and fam == Family.ipv4:
             raise InvalidValue("proto", "proto: %s does not go with family %s" % (p.name, fam.name))  # type: ignore[union-attr]
-        states: Optional[Tuple[State, ...]] = None
-        if state is not None:
+        if "state" in v:
             if p is None:
-                p = Proto.tcp  # state names are TCP's unless proto says otherwise
-            items = [state] if isinstance(state, (str, int)) else list(state)  # type: ignore[arg-type]
-            if not items:
-                raise InvalidValue("state", "state: give at least one state")
-            states = tuple(parse_state(p, s) for s in items)
-        for name, flag in (("unreplied", unreplied), ("assured", assured), ("snat", snat), ("dnat", dnat)):
-            if flag is not None and not isinstance(flag, bool):
-                raise InvalidType(keyword(name), "%s: expected True, False or None, got %r" % (name, flag))
-        bits = parse_status(status) if status is not None else None
+                v["proto"] = p = Proto.tcp  # state names are TCP's unless proto says otherwise
+            v["state"] = tuple(parse_state(p, s) for s in v["state"])
+        bits: Optional[Status] = v.get("status")
         if bits is not None:
             # a status bit that must be set next to a flag that says it is clear
-            for name, flag, bit, clear_when in (
-                ("unreplied", unreplied, Status.SEEN_REPLY, True),
-                ("assured", assured, Status.ASSURED, False),
-                ("snat", snat, Status.SRC_NAT, False),
-                ("dnat", dnat, Status.DST_NAT, False),
-            ):
-                if flag is clear_when and bits & bit:
-                    raise InvalidValue(keyword(name), "%s=%s contradicts status %s (the filter could never match)"
-                                     % (name, flag, bit.name))
-        if p is not None and (sport is not None or dport is not None) and p not in _PORT_PROTOS:
+            for name, bit, clear_when in _STATUS_FLAGS:
+                if v.get(name) is clear_when and bits & bit:
+                    raise InvalidValue(name, "%s=%s contradicts status %s (the filter could never match)"
+                                       % (name, v[name], bit.name))
+        if p is not None and ("sport" in v or "dport" in v) and p not in _PORT_PROTOS:
             raise ValueError("sport/dport: protocol %s has no ports" % p.name)
-        set_(self, "family", fam)
-        set_(self, "proto", p)
-        for name in ("src", "dst", "reply_src", "reply_dst"):
-            set_(self, name, nets.get(name))
-        set_(self, "sport", _ports(sport, "sport") if sport is not None else None)
-        set_(self, "dport", _ports(dport, "dport") if dport is not None else None)
-        set_(self, "state", states)
-        set_(self, "status", bits)
-        set_(self, "unreplied", unreplied)
-        set_(self, "assured", assured)
-        set_(self, "snat", snat)
-        set_(self, "dnat", dnat)
-        set_(self, "mark", _masked(mark, "mark", 32) if mark is not None else None)
-        set_(self, "zone", check_int(zone, "zone", 0, 0xFFFF) if zone is not None else None)
-        set_(self, "labels", labels_to_bytes(labels) if labels is not None else None)
-        # a zone of one direction only (conntrack's --orig-zone/--reply-zone; 0 is no zone)
-        set_(self, "orig_zone", check_int(orig_zone, "orig_zone", 1, 0xFFFF) if orig_zone is not None else None)
-        set_(self, "reply_zone", check_int(reply_zone, "reply_zone", 1, 0xFFFF) if reply_zone is not None else None)
-        for name in ("src_nat", "dst_nat", "any_nat"):
-            set_(self, name, nats.get(name))
+        for f in FIELDS:
+            object.__setattr__(self, f.name, v.get(f.name))
+
+    def replace(self, **changes: Any) -> Filter:
+        """A filter with some keywords changed (``None`` removes one), checked
+        like a new one: ``flt.replace(family="ipv4")``."""
+        unknown = sorted(set(changes) - set(FIELD))
+        if unknown:
+            raise TypeError("replace: unknown keyword %s" % ", ".join(unknown))
+        kw = {f.name: f.keyword(getattr(self, f.name)) for f in FIELDS if getattr(self, f.name) is not None}
+        kw.update(changes)
+        return Filter(**{k: value for k, value in kw.items() if value is not None})
 
     @property
     def matches_everything(self) -> bool:
@@ -271,20 +419,14 @@ class Filter:
 
         Read from the filter's own fields, not from what it compiles to: any
         field that is set restricts, except an empty status, a zero mark mask
-        and an empty label set (so a field added later restricts by default).
+        and an empty label set (each field's ``empty`` in ``FIELDS``, so a
+        field added later restricts by default).
         """
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            if f.name == "status" and int(value) == 0:
-                continue
-            if f.name == "mark" and value[1] == 0:
-                continue
-            if f.name == "labels" and not any(value):
-                continue
-            return False
-        return True
+        return not self._restricting()
+
+    def _restricting(self) -> List[Field]:
+        """The fields that are set to a value that restricts something."""
+        return [f for f in FIELDS if getattr(self, f.name) is not None and not f.empty(getattr(self, f.name))]
 
     # -- compilation -----------------------------------------------------------
 
@@ -293,142 +435,73 @@ class Filter:
         if self.status is not None:
             val |= int(self.status)
             mask |= int(self.status)
-        for flag, bit in (
-            (self.unreplied, Status.SEEN_REPLY),
-            (self.assured, Status.ASSURED),
-            (self.snat, Status.SRC_NAT),
-            (self.dnat, Status.DST_NAT),
-        ):
+        for name, bit, clear_when in _STATUS_FLAGS:
+            flag = getattr(self, name)
             if flag is None:
                 continue
-            mask |= bit
-            # unreplied=True means SEEN_REPLY is clear; the others mean set
-            if (flag if bit != Status.SEEN_REPLY else not flag):
-                val |= bit
+            mask |= int(bit)
+            if flag is not clear_when:  # unreplied=True means SEEN_REPLY is clear; the others mean set
+                val |= int(bit)
         if not mask:
             return None
         return val, mask
 
+    def _kernel_takes(self, f: Field, features: KernelFeatures) -> bool:
+        """Whether the running kernel filters field *f* (set and restricting) on a dump."""
+        if f.carrier is None or f.carrier.dump is not None and not getattr(features, f.carrier.dump):
+            return False
+        if f.carrier is not TUPLE:
+            return True
+        if self.family is None:  # CTA_FILTER needs the family
+            return False
+        value = getattr(self, f.name)
+        if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            # exact addresses only; IPv6 ones only where the kernel compares them right
+            return value.prefixlen == value.max_prefixlen and (
+                value.version == 4 or features.tuple_ipv6_addresses)
+        if f.name in ("sport", "dport"):
+            return value[0] == value[1] and self.proto in _KERNEL_PORT_PROTOS  # one port, TCP or UDP
+        return True
+
     def compile(self, features: KernelFeatures) -> Plan:
         """Split the filter between the kernel and the C record check."""
-        user: Dict[str, Any] = {}
-        kernel: Dict[str, Any] = {}
-        flush_ok = True
+        sent: Dict[str, Any] = {}
         ktext: List[str] = []
         utext: List[str] = []
-
-        fam = int(self.family) if self.family is not None else 0
-        if self.family is not None:
-            user["family"] = fam
-            ktext.append("family=%s" % self.family.name)
-            flush_ok &= features.flush_family
-        if self.mark is not None:
-            user["mark"] = self.mark
-            if features.dump_mark:
-                kernel["mark"] = self.mark
-                ktext.append("mark=%#x/%#x" % self.mark)
+        flush_ok = True
+        restricting = self._restricting()
+        for f in restricting:
+            if self._kernel_takes(f, features):
+                sent[f.name] = getattr(self, f.name)
+                ktext.append(f.text(sent[f.name]))
+                # a flush may rely only on what the kernel is actually sent, and honours on flush
+                flush_ok = flush_ok and getattr(features, f.carrier.flush)  # type: ignore[union-attr]
             else:
-                utext.append("mark")
-            # a flush may rely only on what the kernel is actually sent
-            flush_ok &= features.flush_mark and "mark" in kernel
+                utext.append(f.text(getattr(self, f.name)))
+                flush_ok = False
         status = self._status_mask()
-        if status is not None:
-            user["status"] = status
-            if features.dump_status:
-                kernel["status"] = status
-                ktext.append("status=%#x/%#x" % status)
-            else:
-                utext.append("status")
-            flush_ok &= features.flush_status and "status" in kernel
-        if self.zone is not None:
-            user["zone"] = self.zone
-            if features.dump_zone:
-                kernel["zone"] = self.zone
-                ktext.append("zone=%d" % self.zone)
-            else:
-                utext.append("zone")
-            flush_ok &= features.flush_zone and "zone" in kernel
+        orig = TuplePart(sent.get("proto"), _addr(sent.get("src")), _addr(sent.get("dst")),
+                         _port(sent.get("sport")), _port(sent.get("dport")))
+        reply = TuplePart(sent.get("proto"), _addr(sent.get("reply_src")), _addr(sent.get("reply_dst")))
+        kernel = KernelPart(
+            family=self.family,
+            mark=sent.get("mark"),
+            status=status if any(FIELD[name].carrier is STATUS for name in sent) else None,
+            zone=sent.get("zone"),
+            orig=orig or None,
+            reply=reply if reply.src or reply.dst else None,
+        )
+        user = CheckPart(
+            **{f.name: getattr(self, f.name) for f in restricting if f.carrier is not STATUS},
+            status=status,
+        )
+        bpf = self._compile_events(features, restricting)
+        in_bpf = [getattr(bpf, f.name, None) is not None for f in restricting]
+        return Plan(kernel, user, flush_ok, bpf, tuple(ktext), tuple(utext),
+                    tuple(f.text(getattr(self, f.name)) for f, b in zip(restricting, in_bpf) if b),
+                    tuple(f.text(getattr(self, f.name)) for f, b in zip(restricting, in_bpf) if not b))
 
-        # Exact tuple parts can go to the kernel (CTA_FILTER) when the family
-        # is known; ranges, CIDRs and states are checked in C.
-        tuple_ok = features.dump_tuple and self.family is not None
-        tuple_flush_ok = features.flush_tuple and tuple_ok  # the parts go out with the dump's CTA_FILTER
-        addr_ok = self.family == Family.ipv4 or features.tuple_ipv6_addresses
-        orig_flags = 0
-        reply_flags = 0
-        parts: Dict[str, Any] = {"src": b"", "dst": b"", "rsrc": b"", "rdst": b"", "sport": 0, "dport": 0}
-        if self.proto is not None:
-            user["proto"] = int(self.proto)
-            if tuple_ok:
-                orig_flags |= _CTA("proto")
-                ktext.append("proto=%s" % self.proto.name)
-            else:
-                utext.append("proto")
-            flush_ok &= tuple_flush_ok
-        for name, key in (("src", "orig_src"), ("dst", "orig_dst"), ("reply_src", "reply_src"), ("reply_dst", "reply_dst")):
-            net: Optional[Network] = getattr(self, name)
-            if net is None:
-                continue
-            user[key] = (int(self.family or 0), net.network_address.packed, net.netmask.packed)
-            exact = net.prefixlen == net.max_prefixlen and addr_ok
-            if exact and tuple_ok:
-                flag = _CTA("src" if name.endswith("src") else "dst")
-                if name.startswith("reply"):
-                    reply_flags |= flag
-                    parts["r" + name[len("reply_"):]] = net.network_address.packed
-                else:
-                    orig_flags |= flag
-                    parts[name] = net.network_address.packed
-                ktext.append("%s=%s" % (name, net.network_address))
-            else:
-                utext.append("%s=%s" % (name, net))
-            flush_ok &= exact and tuple_flush_ok
-        for name in ("sport", "dport"):
-            rng: Optional[Tuple[int, int]] = getattr(self, name)
-            if rng is None:
-                continue
-            user[name] = rng
-            single = rng[0] == rng[1]
-            if single and tuple_ok and self.proto in _KERNEL_PORT_PROTOS:
-                orig_flags |= _CTA(name)
-                parts[name] = rng[0]
-                ktext.append("%s=%d" % (name, rng[0]))
-                flush_ok &= tuple_flush_ok
-            else:
-                utext.append("%s=%d-%d" % ((name,) + rng) if not single else "%s=%d" % (name, rng[0]))
-                flush_ok = False
-        if orig_flags:
-            kernel["orig"] = (orig_flags, (fam, int(self.proto or 0), parts["src"], parts["dst"], parts["sport"], parts["dport"]))
-        if reply_flags:
-            if self.proto is not None:
-                reply_flags |= _CTA("proto")
-            kernel["reply"] = (reply_flags, (fam, int(self.proto or 0), parts["rsrc"], parts["rdst"], 0, 0))
-        if self.state is not None:
-            user["state"] = sum(1 << int(s) for s in self.state)
-            utext.append("state=%s" % ",".join(s.name for s in self.state))
-            flush_ok = False
-        if self.labels is not None:
-            user["labels"] = (self.labels, self.labels)
-            utext.append("labels")
-            flush_ok = False
-        for name in ("orig_zone", "reply_zone"):
-            zone: Optional[int] = getattr(self, name)
-            if zone is not None:
-                user[name] = zone
-                utext.append("%s=%d" % (name, zone))
-                flush_ok = False
-        for name in ("src_nat", "dst_nat", "any_nat"):
-            nat: Optional[NatMatch] = getattr(self, name)
-            if nat is not None:
-                addr = nat.addr
-                user[name] = (int(Family.ipv4 if addr is None or addr.version == 4 else Family.ipv6),
-                              addr.packed if addr is not None else None, nat.port)
-                utext.append("%s=%s" % (name, nat))
-                flush_ok = False
-        bpf, btext = self._compile_events(features, user)
-        return Plan(fam, kernel, user, flush_ok, ktext, utext, bpf, btext)
-
-    def _compile_events(self, features: KernelFeatures, user: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    def _compile_events(self, features: KernelFeatures, restricting: List[Field]) -> BPFPart:
         """The part of the filter an event socket's BPF program can check.
 
         libnetfilter_conntrack's event filter (nfct_filter) checks the
@@ -437,32 +510,18 @@ class Filter:
         lacks the attribute it looks for: it only narrows what the C check
         then decides.
         """
-        bpf: Dict[str, Any] = {}
-        text: List[str] = []
         if not features.events_bpf:
-            return bpf, text
-        if self.proto is not None:
-            bpf["proto"] = int(self.proto)
-            text.append("proto=%s" % self.proto.name)
-        if self.state is not None and self.proto == Proto.tcp and all(int(s) < 16 for s in self.state):
-            bpf["state"] = user["state"]
-            text.append("state=%s" % ",".join(s.name for s in self.state))
-        for name, key in (("src", "orig_src"), ("dst", "orig_dst")):
-            net: Optional[Network] = getattr(self, name)
-            if net is not None:
-                bpf[name] = user[key]
-                text.append("%s=%s" % (name, net))
-        if self.mark is not None:
-            bpf["mark"] = self.mark
-            text.append("mark=%#x/%#x" % self.mark)
+            return BPFPart()
+        taken = {f.name: getattr(self, f.name) for f in restricting if f.bpf}
+        if "state" in taken and not (self.proto == Proto.tcp and all(int(s) < 16 for s in taken["state"])):
+            del taken["state"]  # TCP states only, and the program's state mask has 16 bits
         # nfct_filter's zone test (1.1.0) reads CTA_ZONE, which the kernel sends only
         # for a zone of both directions, and takes a missing one for zone 0; a Filter's
         # zone also matches a direction-specific zone (CTA_TUPLE_ZONE).  Only zone 0
         # survives that: an entry without CTA_ZONE passes, and C decides.
-        if self.zone == 0 and _binding.BPF_ZONE:
-            bpf["zone"] = self.zone
-            text.append("zone=%d" % self.zone)
-        return bpf, text
+        if "zone" in taken and not (taken["zone"] == 0 and _binding.BPF_ZONE):
+            del taken["zone"]
+        return BPFPart(**taken)
 
     def explain(self, features: Optional[KernelFeatures] = None, *, events: bool = False) -> str:
         """Say which parts run in the kernel and which in the C layer
@@ -471,32 +530,18 @@ class Filter:
         return plan.explain(events=events)
 
 
-def _CTA(name: str) -> int:
-    return int(_binding.CTA[name])
+_STATUS_FLAGS = (
+    # (flag, its status bit, the flag's value that means the bit is clear)
+    ("unreplied", Status.SEEN_REPLY, True),
+    ("assured", Status.ASSURED, False),
+    ("snat", Status.SRC_NAT, False),
+    ("dnat", Status.DST_NAT, False),
+)
 
 
-@dataclass
-class Plan:
-    """A filter compiled for one kernel: what each side evaluates."""
+def _addr(net: Optional[Network]) -> Optional[IPAddress]:
+    return None if net is None else net.network_address
 
-    family: int
-    kernel: Dict[str, Any]
-    user: Dict[str, Any]
-    flush_ok: bool
-    kernel_text: List[str] = field(default_factory=list)
-    user_text: List[str] = field(default_factory=list)
-    events_bpf: Dict[str, Any] = field(default_factory=dict)
-    """The part an event socket's BPF program checks in the kernel (the C check still runs on all of it)."""
-    events_bpf_text: List[str] = field(default_factory=list)
 
-    def explain(self, events: bool = False) -> str:
-        if events:
-            names = {"orig_src": "src", "orig_dst": "dst"}
-            rest = sorted(names.get(k, k) for k in self.user if names.get(k, k) not in self.events_bpf)
-            k = ", ".join(self.events_bpf_text) or "nothing"
-            u = ", ".join(rest) or "nothing more"
-            return "events: kernel (socket BPF filter): %s; userspace (C, per event): %s" % (k, u)
-        k = ", ".join(self.kernel_text) or "nothing"
-        u = ", ".join(self.user_text) or "nothing more"
-        how = "one filtered flush" if self.flush_ok else "dump, then batched deletes pinned by id"
-        return "kernel: %s; userspace (C, per record): %s; bulk delete: %s" % (k, u, how)
+def _port(rng: Optional[Tuple[int, int]]) -> Optional[int]:
+    return None if rng is None else rng[0]

@@ -10,7 +10,6 @@ another thread, or in a child after ``fork()``, raises
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import os
@@ -54,9 +53,10 @@ from .errors import (
 from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, EventStream, EventType, listen
 from .features import KernelFeatures
-from .filter import Filter, Plan
+from .filter import Filter
 from .flow import ROW_FIELDS, Flow, rows
 from .netns import NetnsSpec, resolve
+from .plan import KernelPart, Plan
 from .top import By, Top, decode, parse_by
 
 
@@ -279,7 +279,7 @@ class Conntrack:
             if flt.family is not None and flt.family != fam:
                 raise ValueError("family: %s contradicts the filter's %s" % (fam.name, flt.family.name))
             if flt.family is None:
-                flt = Filter(family=fam, **_filter_kwargs(flt))
+                flt = flt.replace(family=fam)
         return flt.compile(self.features)
 
     @_owned
@@ -301,8 +301,7 @@ class Conntrack:
         """
         plan = self._plan(filter, family)
         state = _binding.DumpState()
-        batches = self._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user),
-                                  prefetch, state)
+        batches = self._sock.dump(plan.kernel, plan.user, prefetch, state)
         return _flows(batches, where, state)
 
     @_owned
@@ -340,8 +339,7 @@ class Conntrack:
             raise ValueError("fields: unknown %s (known: %s)" % (", ".join(map(repr, unknown)), ", ".join(ROW_FIELDS)))
         plan = self._plan(filter, family)
         state = _binding.DumpState()
-        batches = self._sock.dump(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user),
-                                  prefetch, state)
+        batches = self._sock.dump(plan.kernel, plan.user, prefetch, state)
         return _rows(batches, names, addresses == "int", state)
 
     @_owned
@@ -414,7 +412,7 @@ class Conntrack:
             return self._sock.global_stats()[0]
         plan = self._plan(filter, family)
         state = _binding.DumpState()
-        n = self._sock.count(plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user), state)
+        n = self._sock.count(plan.kernel, plan.user, state)
         if state.interrupted:
             warnings.warn(DumpInterrupted("count: the kernel flagged the dump as interrupted; "
                                           "the count may be off"), stacklevel=3)
@@ -426,8 +424,7 @@ class Conntrack:
         """Totals by protocol, TCP state and status from one dump, with no
         Python object per entry (what a monitoring scrape needs)."""
         plan = self._plan(filter, family)
-        return _summary(self._sock.summary(plan.family, _binding.kfilter(plan.kernel),
-                                           _binding.ufilter(plan.user)))
+        return _summary(self._sock.summary(plan.kernel, plan.user))
 
     def top(self, by: By = "src", n: Optional[int] = 20, filter: Optional[Filter] = None, *,
             family: Union[str, int, Family, None] = None) -> Top:
@@ -449,9 +446,7 @@ class Conntrack:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError("n: expected a positive number of keys or None, got %r" % (n,))
         plan = self._plan(filter, family)
-        counts, summary = self._sock.top(
-            plan.family, _binding.kfilter(plan.kernel), _binding.ufilter(plan.user), parts,
-            2**31 - 1 if n is None else n)
+        counts, summary = self._sock.top(plan.kernel, plan.user, parts, 2**31 - 1 if n is None else n)
         assert counts is not None
         rows, distinct = counts
         return decode(names, parts, rows, summary[0], distinct), _summary(summary)
@@ -643,13 +638,11 @@ class Conntrack:
 
     def _bulk_delete(self, flt: Filter, dry_run: bool) -> DeleteResult:
         plan = flt.compile(self.features)
-        kf = _binding.kfilter(plan.kernel)
-        uf = _binding.ufilter(plan.user)
         if dry_run:
             return DeleteResult(dry_run=True, method="flush" if plan.flush_ok else "batch",
                                 matched=list(self.dump(flt)))
         if plan.flush_ok:
-            return self._flush(plan.family, kf)
+            return self._flush(plan.kernel)
         # Counts live in C memory filled by each batch call (a Tally allocated
         # before the call), so an interrupt at any point still finds them.
         tallies: List[_binding.Tally] = []
@@ -666,7 +659,7 @@ class Conntrack:
             return r
 
         try:
-            for b in self._sock.dump(plan.family, kf, uf, True, state):
+            for b in self._sock.dump(plan.kernel, plan.user, True, state):
                 tally = _binding.Tally()
                 tallies.append(tally)
                 try:
@@ -690,12 +683,12 @@ class Conntrack:
                                     result) from stop
         return so_far()
 
-    def _flush(self, family: int, kf: Any) -> DeleteResult:
+    def _flush(self, kernel: KernelPart) -> DeleteResult:
         """One flush request; the count is the change of the entry counter."""
         before = None
         try:
             before = self._sock.global_stats()[0]
-            self._sock.flush(family, kf)
+            self._sock.flush(kernel)
             after = self._sock.global_stats()[0]
         except KeyboardInterrupt as stop:
             result = DeleteResult(method="flush", exact=False)
@@ -715,7 +708,7 @@ class Conntrack:
         the other family.
         """
         if family is None:
-            return self._flush(0, _binding.kfilter({}))
+            return self._flush(KernelPart())
         return self._bulk_delete(Filter(family=family), dry_run=False)
 
     @_owned
@@ -877,18 +870,6 @@ def _rows(batches: Iterator[_binding.Batch], names: Tuple[str, ...], int_address
     if state.interrupted:
         warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
                                       "under it); entries may be missing or repeated"), stacklevel=2)
-
-
-def _filter_kwargs(flt: Filter) -> dict:
-    """The keywords that rebuild *flt* but its family (used to add a family):
-    every field of the dataclass, so a new field cannot be dropped here."""
-    out: dict = {}
-    for f in dataclasses.fields(flt):
-        value = getattr(flt, f.name)
-        if f.name == "family" or value is None:
-            continue
-        out[f.name] = int.from_bytes(value, "little") if f.name == "labels" else value
-    return out
 
 
 __all__ = ["Conntrack", "DeleteResult", "ConntrackError"]

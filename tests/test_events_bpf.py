@@ -26,9 +26,10 @@ import conntrack
 from conntrack import EventType, Filter, Flow, KernelFeatures, Proto, _binding
 from conntrack.events import listen
 from conntrack.netns import resolve
+from conntrack.plan import BPFPart, CheckPart
 
 
-def bpf_model(flt: Filter, bpf: dict, ev: conntrack.Event) -> Optional[bool]:
+def bpf_model(flt: Filter, bpf: BPFPart, ev: conntrack.Event) -> Optional[bool]:
     """What nfct_filter's program decides for an event, as read in its source:
     True (passes), False (dropped) or None (either).
 
@@ -42,17 +43,17 @@ def bpf_model(flt: Filter, bpf: dict, ev: conntrack.Event) -> Optional[bool]:
     f = ev.flow
     assert f is not None
     verdict: Optional[bool] = True
-    if "proto" in bpf and f.proto != flt.proto:
+    if bpf.proto is not None and f.proto != flt.proto:
         return False
-    if "state" in bpf and f.proto == Proto.tcp and f.state is not None and f.state not in flt.state:
+    if bpf.state is not None and f.proto == Proto.tcp and f.state is not None and f.state not in flt.state:
         return False
-    if "mark" in bpf and ((f.mark or 0) & flt.mark[1]) != flt.mark[0]:
+    if bpf.mark is not None and ((f.mark or 0) & flt.mark[1]) != flt.mark[0]:
         return False
-    if "zone" in bpf and f.zone != flt.zone:
+    if bpf.zone is not None and f.zone != flt.zone:
         return False
     for name, addr in (("src", f.orig.src), ("dst", f.orig.dst)):
         net = getattr(flt, name)
-        if name not in bpf:
+        if getattr(bpf, name) is None:
             continue
         if addr.version == net.version:
             if addr not in net:
@@ -84,7 +85,7 @@ def test_bpf_passes_what_nfct_filter_should_and_never_drops_a_match(shared_netns
         fd = resolve(shared_netns.name)
         try:
             everything = listen(fd, Filter().compile(ct.features), conntrack.events.ALL, 64 << 20, 0)
-            bpf_only = listen(fd, dataclasses.replace(plan, user={}), conntrack.events.ALL, 64 << 20, 0)
+            bpf_only = listen(fd, dataclasses.replace(plan, user=CheckPart()), conntrack.events.ALL, 64 << 20, 0)
         finally:
             os.close(fd)
         full = ct.events(flt, idle_timeout=0, rcvbuf=64 << 20)
@@ -102,7 +103,7 @@ def test_bpf_passes_what_nfct_filter_should_and_never_drops_a_match(shared_netns
         expected = Counter(key(e) for e in events if reference_match(flt, e.flow))
         assert len(events) >= 2 * len(table)
         got_bpf = _drain(bpf_only)
-        event("kernel part: %s" % (",".join(sorted(plan.events_bpf)) or "none"))
+        event("kernel part: %s" % (",".join(plan.events_bpf_text) or "none"))
         event("kernel part dropped events: %s" % (sum(got_bpf.values()) < len(events)))
         assert not must - got_bpf, (plan.events_bpf, must - got_bpf)  # nothing it should pass is dropped
         assert not got_bpf - may, (plan.events_bpf, got_bpf - may)  # and it drops what it should
@@ -113,8 +114,8 @@ def test_bpf_passes_what_nfct_filter_should_and_never_drops_a_match(shared_netns
 def test_explain_for_events_names_each_side():
     flt = Filter(proto="tcp", state="ESTABLISHED", dst="10.0.0.0/8", dport=443, mark=1)
     text = flt.explain(KernelFeatures.detect(), events=True)
-    assert text.startswith("events: kernel (socket BPF filter): proto=tcp, state=ESTABLISHED, dst=10.0.0.0/8, mark=0x1/")
-    assert text.endswith("userspace (C, per event): dport, family")
+    assert text.startswith("events: kernel (socket BPF filter): proto=tcp, dst=10.0.0.0/8, state=ESTABLISHED, mark=0x1/")
+    assert text.endswith("userspace (C, per event): family=ipv4, dport=443")
     assert "kernel (socket BPF filter): nothing" in flt.explain(KernelFeatures.none(), events=True)
     zone = Filter(zone=0).explain(KernelFeatures.detect(), events=True)
     assert ("zone=0" in zone.split(";")[0]) == _binding.BPF_ZONE

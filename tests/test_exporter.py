@@ -114,9 +114,9 @@ def dumps(monkeypatch: pytest.MonkeyPatch) -> List[str]:
     started: List[str] = []
     real = _binding.Socket._start_dump
 
-    def counting(self: _binding.Socket, family: int, kf: object) -> _binding.Socket:
+    def counting(self: _binding.Socket, *request: object) -> _binding.Socket:
         started.append(threading.current_thread().name)
-        return real(self, family, kf)
+        return real(self, *request)
 
     monkeypatch.setattr(_binding.Socket, "_start_dump", counting)
     return started

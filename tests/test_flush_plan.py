@@ -14,7 +14,8 @@ reading ``Filter.compile``:
 - exact tuple parts (proto, a /32 address, one TCP/UDP port) with the family given: ``flush_tuple``;
   IPv6 addresses only with ``tuple_ipv6_addresses`` (off on every real profile: a kernel bug);
 - never: CIDR prefixes, port ranges, ports of other protocols, states, labels, a zone of one
-  direction, NAT matches.
+  direction, NAT matches;
+- a part that restricts nothing (mark mask 0, no status bit, no label) is left out.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conntrack import Filter, KernelFeatures
+from conntrack import Filter, KernelFeatures, _binding
 from conntrack.enums import Status
 
 _FLAGS = [f.name for f in dataclasses.fields(KernelFeatures) if f.name != "decided"]
@@ -54,7 +55,7 @@ def model_flush_ok(kw: Dict[str, Any], f: Filter, feat: KernelFeatures) -> bool:
     ok = True
     if family is not None:
         ok &= feat.flush_family
-    if f.mark is not None:
+    if f.mark is not None and f.mark[1]:
         ok &= feat.dump_mark and feat.flush_mark
     if any(kw.get(k) is not None for k in ("unreplied", "assured", "snat", "dnat")) or kw.get("status"):
         ok &= feat.dump_status and feat.flush_status
@@ -72,9 +73,11 @@ def model_flush_ok(kw: Dict[str, Any], f: Filter, feat: KernelFeatures) -> bool:
         rng = getattr(f, name)
         if rng is not None:
             ok &= rng[0] == rng[1] and f.proto is not None and f.proto.name in KERNEL_PORT_PROTOS and tuple_ok
-    for name in ("state", "labels", "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat"):
+    for name in ("state", "orig_zone", "reply_zone", "src_nat", "dst_nat", "any_nat"):
         if getattr(f, name) is not None:
             ok = False
+    if f.labels is not None and any(f.labels):
+        ok = False
     return bool(ok)
 
 
@@ -150,29 +153,64 @@ def build(kw: Dict[str, Any]) -> Filter:
 
 def check_plan(kw: Dict[str, Any], f: Filter, feat: KernelFeatures) -> None:
     plan = f.compile(feat)
+    check_request(plan)
     expected = model_flush_ok(kw, f, feat)
     assert plan.flush_ok == expected, "flush_ok %s, the model says %s, for %r under %r: %s" % (
         plan.flush_ok, expected, kw, feat, plan.explain())
     if not plan.flush_ok:
         return
     # the flush carries every part: nothing is left to the C check alone ...
-    assert plan.user_text == [], plan.explain()
+    assert plan.user_text == (), plan.explain()
     # ... and each part is in the request with the filter's own value
-    assert plan.family == (int(f.family) if f.family is not None else 0)
-    assert plan.kernel.get("mark") == f.mark
-    assert plan.kernel.get("status") == status_mask(kw)
-    assert plan.kernel.get("zone") == f.zone
+    k = plan.kernel
+    assert k.family == f.family
+    assert k.mark == (f.mark if f.mark is not None and f.mark[1] else None)
+    assert k.status == status_mask(kw)
+    assert k.zone == f.zone
     if f.proto is not None:
-        assert plan.kernel["orig"][1][1] == int(f.proto)
-    for name, side, index in (("src", "orig", 2), ("dst", "orig", 3), ("reply_src", "reply", 2),
-                              ("reply_dst", "reply", 3)):
+        assert k.orig is not None and k.orig.proto == f.proto
+        assert k.reply is None or k.reply.proto == f.proto
+    for name, side, part in (("src", "orig", "src"), ("dst", "orig", "dst"), ("reply_src", "reply", "src"),
+                             ("reply_dst", "reply", "dst")):
         net = getattr(f, name)
         if net is not None:
-            assert plan.kernel[side][1][index] == net.network_address.packed
-    for name, index in (("sport", 4), ("dport", 5)):
+            assert getattr(getattr(k, side), part) == net.network_address
+    for name in ("sport", "dport"):
         rng = getattr(f, name)
         if rng is not None:
-            assert plan.kernel["orig"][1][index] == rng[0]
+            assert getattr(k.orig, name) == rng[0]
+
+
+def check_request(plan: Any) -> None:
+    """The binding sends the kernel part as it reads: each set part with its CTPY_K_* bit and
+    value, each tuple part with its CTA_FILTER flag (a flush carries exactly this)."""
+    lib, k = _binding.lib, plan.kernel
+    kf = _binding._kernel_filter(k)
+    if kf == _binding.ffi.NULL:
+        assert k.mark is k.status is k.zone is k.orig is k.reply is None
+        return
+    assert kf.fields == ((lib.CTPY_K_MARK if k.mark else 0) | (lib.CTPY_K_STATUS if k.status else 0)
+                         | (lib.CTPY_K_ZONE if k.zone is not None else 0)
+                         | (lib.CTPY_K_TUPLE if k.orig or k.reply else 0))
+    if k.mark:
+        assert (kf.mark_val, kf.mark_mask) == k.mark
+    if k.status:
+        assert (kf.status_val, kf.status_mask) == k.status
+    for side, flags, t in (("orig", kf.orig_flags, kf.orig), ("reply", kf.reply_flags, kf.reply)):
+        part = getattr(k, side)
+        want = 0
+        if part is not None:
+            for name, flag in (("proto", lib.CTPY_CTA_PROTO_NUM), ("src", lib.CTPY_CTA_IP_SRC),
+                               ("dst", lib.CTPY_CTA_IP_DST), ("sport", lib.CTPY_CTA_SRC_PORT),
+                               ("dport", lib.CTPY_CTA_DST_PORT)):
+                value = getattr(part, name)
+                if value is None:
+                    continue
+                want |= flag
+                got = bytes(getattr(t, name)[0:len(value.packed)]) if name in ("src", "dst") else getattr(t, name)
+                assert got == (value.packed if name in ("src", "dst") else int(value)), (side, name)
+            assert t.family == int(k.family)
+        assert flags == want, (side, flags, want)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

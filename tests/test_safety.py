@@ -176,8 +176,8 @@ def _inject_dump_intr(monkeypatch, netns_name: str) -> list:
     original = _binding.Socket._start_dump
     injected: list = []
 
-    def start_and_inject(self, family, kf):
-        sock = original(self, family, kf)
+    def start_and_inject(self, *request):
+        sock = original(self, *request)
         peek = socket.socket(fileno=os.dup(sock.fileno()))
         try:
             head = peek.recv(16, socket.MSG_PEEK)  # the kernel's first reply is queued at the request
