@@ -1,8 +1,13 @@
 """Build the private ``conntrack._nfct`` extension with cffi (API mode).
 
-Declarations and the C helper source live in ``csrc/``; this script only
-reads them, finds libnetfilter_conntrack and libmnl, and hands everything to
-cffi.  Run directly (``python build_ffi.py``) to build in place.
+Declarations and the C helper source live in ``csrc/``: the public cdef in
+``ctpy.h`` and ``constants.h``, the helper in one module per topic (MODULES
+below), what the modules share in ``ctpy_int.h``.  This script only reads
+them, checks that libnetfilter_conntrack and libmnl are there and new
+enough, and hands everything to cffi, which compiles the modules as one
+translation unit (each through an ``#include``, so diagnostics name the
+module's own file and line).  Run directly (``python build_ffi.py``) to
+build in place.
 """
 
 from __future__ import annotations
@@ -18,6 +23,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
 HEADER = "libnetfilter_conntrack/libnetfilter_conntrack.h"
 PKGS = ["libnetfilter_conntrack", "libmnl"]
+# The C helper's modules, by topic (csrc/<name>.c).
+MODULES = [
+    "sock",        # the netlink socket, sending, the one receive loop (rx_next)
+    "parse",       # the one-pass parser of conntrack messages into records
+    "nfct",        # records <-> libnetfilter_conntrack: request building, the reference parser
+    "match",       # the userspace filter (ctpy_match)
+    "kfilter",     # the kernel-side filter attributes of dump and flush requests
+    "dump",        # dumps: records, count, summary, top
+    "top",         # the key table of top talkers
+    "request",     # request/acknowledge, flush, batches
+    "stats",       # global and per-CPU statistics
+    "events",      # the event socket, its BPF filter, the event reader
+    "crosscheck",  # the parser against libnetfilter_conntrack's (tests)
+]
+# The oldest releases supported: Debian 12's.  Neither library has a version
+# macro for an #error in C, so pkg-config checks them before compiling.
+MIN_VERSIONS = {"libnetfilter_conntrack": "1.0.9", "libmnl": "1.0.4"}
+TOO_OLD = (
+    "%s %s is too old: pyconntrack needs %s or newer (Debian 12's release; on an "
+    "older system build the upstream release from netfilter.org)."
+)
 MISSING = (
     "libnetfilter_conntrack headers not found: install "
     "libnetfilter-conntrack-dev and libmnl-dev (Debian/Ubuntu) or "
@@ -58,7 +84,21 @@ def _check_header() -> str:
     return found[0]
 
 
+def _check_versions() -> None:
+    """Stop with one sentence when pkg-config finds a library older than MIN_VERSIONS."""
+    for pkg, minimum in MIN_VERSIONS.items():
+        found = _pkgconfig("--modversion", pkg)
+        if not found:
+            # No pkg-config, or no .pc file: the build falls back to plain -l flags.
+            print("build_ffi.py: cannot check the version of %s (pkg-config does not know it); "
+                  "%s or newer is needed" % (pkg, minimum), file=sys.stderr)
+            continue
+        if subprocess.run(["pkg-config", "--atleast-version", minimum, pkg]).returncode != 0:
+            sys.exit(TOO_OLD % (pkg, found, minimum))
+
+
 HEADER_PATH = _check_header()
+_check_versions()
 VERSION = _pkgconfig("--modversion", "libnetfilter_conntrack") or "unknown"
 with open(HEADER_PATH, encoding="utf-8", errors="replace") as _h:
     _HEADER_TEXT = _h.read()
@@ -76,7 +116,7 @@ ffibuilder.cdef(_read("ctpy.h"))
 source = "#define CTPY_NFCT_VERSION %s\n%s%s" % (
     '"' + VERSION.replace('"', "") + '"',
     "".join("#define %s 1\n" % name for name, on in FEATURES.items() if on),
-    _read("ctpy.c"),
+    "".join('#include "%s.c"\n' % name for name in MODULES),
 )
 # `make test-asan`: CTPY_SANITIZE=address,undefined builds an instrumented
 # extension into CTPY_BUILD_DIR (never over the in-place build).
@@ -95,7 +135,8 @@ LIMITED = not hasattr(sys, "gettotalrefcount") and not sysconfig.get_config_var(
 kwargs = dict(
     define_macros=[("Py_LIMITED_API", "0x03090000")] if LIMITED else [],
     include_dirs=[CSRC],
-    depends=[os.path.join(CSRC, n) for n in ("ctpy.c", "ctpy.h", "constants.h")],
+    depends=[os.path.join(CSRC, n) for n in ["ctpy.h", "ctpy_int.h", "constants.h"]
+             + [m + ".c" for m in MODULES]],
     extra_compile_args=cflags,
     extra_link_args=ldflags,
 )

@@ -1,8 +1,9 @@
 """conntrack: the Linux connection tracking table from Python.
 
 Typed flows from the kernel's nf_conntrack table over ctnetlink, with the
-hot paths (dump parsing, filtering, batched deletes) in C through
-libnetfilter_conntrack::
+hot paths (dump parsing, filtering, batched deletes) in C: a netlink socket
+and a one-pass parser of its own over libmnl, and libnetfilter_conntrack to
+build requests and the event socket's filter::
 
     import conntrack
 

@@ -1,9 +1,9 @@
 /* ctpy.h: the C helper's interface.
  *
- * build_ffi.py feeds this file verbatim to cffi's cdef() and the helper
- * source (ctpy.c) #includes it, so the struct layouts are written once.
- * Keep it to what cdef can parse: no #include, no #if, no function-like
- * macros.
+ * build_ffi.py feeds this file verbatim to cffi's cdef() and the helper's
+ * modules (csrc/<topic>.c, through ctpy_int.h) #include it, so the struct layouts
+ * are written once.  Each group of functions below names its module.  Keep
+ * it to what cdef can parse: no #include, no #if, no function-like macros.
  */
 
 /* Bits of ctpy_record.present: which optional fields carry a value. */
@@ -247,11 +247,13 @@ struct ctpy_bpf {
 
 struct ctpy_sock;
 
+/* sock.c */
 struct ctpy_sock *ctpy_open(int netns_fd, int rcvbuf, int *err);
 void ctpy_close(struct ctpy_sock *s);
 int ctpy_set_timeout(struct ctpy_sock *s, int ms);
 int ctpy_sock_fd(const struct ctpy_sock *s);
 
+/* dump.c (and top.c: ctpy_top_*) */
 int ctpy_dump_start(struct ctpy_sock *s, uint8_t family,
                     const struct ctpy_kfilter *kf);
 int ctpy_dump_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
@@ -271,6 +273,7 @@ int ctpy_dump_top(struct ctpy_sock *s, const struct ctpy_filter *uf,
 uint64_t ctpy_top_total(const struct ctpy_top *t);
 uint64_t ctpy_top_distinct(const struct ctpy_top *t);
 int ctpy_top_result(struct ctpy_top *t, int max, uint8_t *keys, uint64_t *counts);
+/* crosscheck.c */
 int ctpy_dump_crosscheck(struct ctpy_sock *s, uint64_t *checked,
                          uint64_t *mismatched, struct ctpy_record *first_fast,
                          struct ctpy_record *first_ref);
@@ -278,6 +281,7 @@ int ctpy_parse_message(const void *msg, uint32_t len, struct ctpy_record *out,
                        char *pool, uint32_t pool_size, struct ctpy_record *ref,
                        char *ref_pool, int *ref_rc, int *differ);
 
+/* request.c */
 int ctpy_request(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                  const struct ctpy_record *r, const char *pool,
                  struct ctpy_record *out, char *out_pool,
@@ -288,11 +292,14 @@ int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                const struct ctpy_record *recs, const char *pool, int n,
                int pin_id, struct ctpy_batch_result *res);
 
+/* stats.c */
 int ctpy_global_stats(struct ctpy_sock *s, uint32_t *entries,
                       uint32_t *max_entries);
 int ctpy_cpu_stats(struct ctpy_sock *s, struct ctpy_cpu_stats *out, int max);
 
+/* match.c */
 int ctpy_match(const struct ctpy_filter *f, const struct ctpy_record *r);
+/* events.c */
 int ctpy_events_subscribe(struct ctpy_sock *s, uint32_t types);
 int ctpy_events_next(struct ctpy_sock *s, const struct ctpy_filter *uf,
                      struct ctpy_record *out, uint8_t *types, int max,
@@ -302,6 +309,7 @@ int ctpy_events_fd(const struct ctpy_sock *s);
 int ctpy_events_drops(const struct ctpy_sock *s, uint32_t *drops);
 int ctpy_events_bpf(struct ctpy_sock *s, const struct ctpy_bpf *b);
 int ctpy_events_bpf_zone(void);
+/* sock.c */
 int ctpy_setns(int netns_fd);
 int ctpy_unshare_netns(void);
 const char *ctpy_nfct_version(void);

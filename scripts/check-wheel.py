@@ -2,7 +2,9 @@
 
 Every shared object in the wheel may need only libc (and the dynamic loader) or
 a library bundled in the wheel itself; the wheel is tagged cp39-abi3 and
-manylinux_2_17 (or older).  Needs ``readelf`` (binutils).
+manylinux_2_17 (or older); the extension exports only the C helper's interface
+(``ctpy_*``, csrc/ctpy.h) and its module init, not the helper's internal
+functions (csrc/ctpy_int.h).  Needs ``readelf`` (binutils).
 
 Usage: python scripts/check-wheel.py dist/pyconntrack-*.whl
 """
@@ -17,6 +19,14 @@ import tempfile
 import zipfile
 
 SYSTEM = re.compile(r"^(libc\.so\.6|ld-linux[-\w.]*\.so\.\d|libpthread\.so\.0|libdl\.so\.2)$")
+EXPORTED = re.compile(r"^(ctpy_\w+|PyInit__nfct)$")
+
+
+def exports(obj: str) -> list:
+    """The symbols a shared object defines for others (global or weak, not undefined)."""
+    out = subprocess.run(["readelf", "-W", "--dyn-syms", obj], check=True, capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()]
+    return [r[7] for r in rows if len(r) >= 8 and r[4] in ("GLOBAL", "WEAK") and r[6] != "UND"]
 
 
 def main(path: str) -> None:
@@ -35,6 +45,10 @@ def main(path: str) -> None:
             rel = os.path.relpath(obj, tmp)
             if outside:
                 sys.exit("check-wheel: %s needs %s from the system" % (rel, ", ".join(outside)))
+            if os.path.basename(obj).startswith("_nfct"):
+                extra = [x for x in exports(obj) if not EXPORTED.match(x.split("@")[0])]
+                if extra:
+                    sys.exit("check-wheel: %s exports internal symbols: %s" % (rel, ", ".join(extra)))
             print("%s: needs %s" % (rel, ", ".join(needed)))
     print("%s: cp39-abi3, %s; nothing from the system but libc" % (name, tags[2]))
 

@@ -185,7 +185,8 @@ def _inject_dump_intr(monkeypatch, netns_name: str) -> list:
             portid = peek.getsockname()[0]
         finally:
             peek.close()
-        done = struct.pack("=IHHIIi", 20, 3, 0x2 | 0x10, seq, 0, 0)  # NLMSG_DONE, NLM_F_MULTI|DUMP_INTR
+        # NLMSG_DONE, NLM_F_MULTI|DUMP_INTR, addressed to the dump socket's port id as the kernel's is
+        done = struct.pack("=IHHIIi", 20, 3, 0x2 | 0x10, seq, portid, 0)
         injector.sendto(done, (portid, 0))
         injected.append(seq)
         return sock
