@@ -15,6 +15,7 @@ the UDP entries.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -107,7 +108,7 @@ def build(ct: conntrack.Conntrack, n: int, where: Optional[Callable[[int], bool]
         try:
             return ct.create_many(pending)
         except conntrack.ConntrackOSError as exc:
-            if exc.errno != 12 or guard is None:
+            if exc.errno != errno.ENOMEM or guard is None:
                 raise
             guard()
             done = 0

@@ -15,10 +15,10 @@ import tempfile
 import warnings
 from typing import List, Mapping, Optional
 
+from ._check import check_int
 from ._limits import MAX_BUCKETS, MAX_LIMIT, MAX_TIMEOUT, TIMEOUT_RE
 from ._limits import path as _path
 from .errors import PersistOverridden
-from .flow import check_int
 
 DROPIN_DIR = "etc/sysctl.d"
 """Where ``persist=True`` writes, relative to ``root``."""

@@ -6,7 +6,7 @@ Private: use it as :func:`conntrack.sysctl.recommend_max`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 from ._limits import MAX_BUCKETS, MAX_LIMIT
 from ._limits import path as _path
@@ -33,6 +33,15 @@ class Recommendation:
 
     def __str__(self) -> str:
         return self.explanation
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`), what ``pyconntrack limits --recommend --json`` prints.
+
+        ``value`` is under ``"max"``, the sysctl it is for (as in ``limits --json``), and
+        ``explanation`` is a list of its lines.
+        """
+        return {"max": self.value, "buckets": self.buckets, "memory_bytes": self.memory_bytes,
+                "mem_total": self.mem_total, "explanation": self.explanation.splitlines()}
 
 
 def mem_total(root: str = "/") -> int:

@@ -57,7 +57,7 @@ from .features import KernelFeatures
 from .filter import FIELDS, Filter
 from .flow import Flow
 from .netns import resolve
-from .table import Conntrack, DeleteResult, Summary
+from .table import Conntrack, DeleteResult
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -66,7 +66,7 @@ EXIT_USAGE = 2
 """A usage error or a bad value."""
 EXIT_UNKNOWN = 3
 """``health`` only: no verdict (an error)."""
-HEALTH_EXIT = {_health.Verdict.ok: 0, _health.Verdict.warning: 1, _health.Verdict.critical: 2}
+HEALTH_EXIT = {_health.Verdict.OK: 0, _health.Verdict.WARNING: 1, _health.Verdict.CRITICAL: 2}
 """``health``'s exit status per verdict."""
 
 KEY_TIMEOUTS = (
@@ -344,20 +344,11 @@ def cmd_count(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def summary_dict(s: Summary) -> Dict[str, Any]:
-    """A :class:`~conntrack.Summary` as JSON-ready values."""
-    return {
-        "total": s.total, "unreplied": s.unreplied, "assured": s.assured,
-        "by_proto": {p.name: n for p, n in sorted(s.by_proto.items(), key=lambda i: (-i[1], i[0].name))},
-        "tcp_states": {t.name: n for t, n in sorted(s.tcp_states.items(), key=lambda i: (-i[1], i[0].name))},
-    }
-
-
 def cmd_summary(args: argparse.Namespace, out: TextIO) -> int:
     flt = _filter(args)
     with _open(args) as ct:
         s = ct.summary(flt)
-    d = summary_dict(s)
+    d = s.to_dict()
     if args.json:
         _json_line(out, d)
         return EXIT_OK
@@ -381,22 +372,12 @@ def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args) as ct:
         t = ct.top(by if len(by) > 1 else by[0], args.limit, flt)
     if args.json:
-        _json_line(out, {"by": list(t.by), "total": t.total, "distinct": t.distinct,
-                         "top": [{"key": _top.key_json(k), "count": n} for k, n in t]})
+        _json_line(out, t.to_dict())
         return EXIT_OK
     for key, n in t:
         out.write("%8d  %s\n" % (n, _top.key_text(key)))
     out.write("%s matched, %d distinct %s\n" % (_entries(t.total), t.distinct, ",".join(t.by)))
     return EXIT_OK
-
-
-def delete_dict(r: DeleteResult) -> Dict[str, Any]:
-    """A :class:`~conntrack.DeleteResult` as JSON-ready values."""
-    d: Dict[str, Any] = {"deleted": r.deleted, "vanished": r.vanished, "method": r.method,
-                         "exact": r.exact, "dry_run": r.dry_run, "interrupted": r.interrupted}
-    if r.dry_run:
-        d["matched"] = [f.to_dict() for f in r.matched]
-    return d
 
 
 def _entries(n: int) -> str:
@@ -427,12 +408,12 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
                              "give --all (and no filter) to delete every entry") from None
         except (BulkDeleteError, DeleteInterrupted) as exc:
             if args.json:
-                _json_line(out, delete_dict(exc.result))
+                _json_line(out, exc.result.to_dict())
             else:
                 out.write(_delete_text(exc.result) + (" before Ctrl-C\n" if isinstance(exc, DeleteInterrupted) else " before stopping\n"))
             raise
     if args.json:
-        _json_line(out, delete_dict(r))
+        _json_line(out, r.to_dict())
     elif r.dry_run:
         _write_flows(out, r.matched, False)
         out.write("dry run: %s would be deleted by %s; nothing was deleted\n" % (_entries(len(r.matched)), r.method))
@@ -451,23 +432,11 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def limits_dict(s: sysctl.Settings) -> Dict[str, Any]:
-    """What ``limits --json`` prints."""
-    return {
-        "max": s.max, "count": s.count, "fill": s.fill, "free": max(s.max - s.count, 0),
-        "buckets": s.buckets, "hashsize": s.hashsize, "expect_max": s.expect_max,
-        "memory_full_bytes": s.max * sysctl.BYTES_PER_ENTRY,
-        "timeouts": dict(s.timeouts),
-        "acct": s.acct, "timestamp": s.timestamp, "events": s.events, "checksum": s.checksum,
-        "tcp_loose": s.tcp_loose, "tcp_be_liberal": s.tcp_be_liberal,
-    }
-
-
 def cmd_limits(args: argparse.Namespace, out: TextIO) -> int:
     if args.recommend:
         return _recommend(args, out)
     s = sysctl.read(netns=args.netns)
-    d = limits_dict(s)
+    d = s.to_dict()
     if args.json:
         _json_line(out, d)
         return EXIT_OK
@@ -538,11 +507,9 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
             if ev.flow is None:  # OVERFLOW
                 _err(args.prog, "the kernel dropped %s events (receive buffer full); re-list for a whole view"
                      % ("some" if ev.lost is None else ev.lost))
-                if as_json:
-                    _json_line(out, {"type": "OVERFLOW", "lost": ev.lost})
-            elif as_json:
-                _json_line(out, {"type": ev.type.name, **ev.flow.to_dict()})
-            else:
+            if as_json:
+                _json_line(out, ev.to_dict())
+            elif ev.flow is not None:
                 prefix = "%-8s %d " % (ev.flow.family.name, ev.flow.family) if extended else ""
                 out.write("%s%s%s\n" % (_EVENT_TAGS[str(ev.type)], prefix, ev.flow))
             out.flush()
@@ -552,8 +519,7 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
 def _recommend(args: argparse.Namespace, out: TextIO) -> int:
     rec = sysctl.recommend_max()
     if args.json:
-        _json_line(out, {"max": rec.value, "buckets": rec.buckets, "memory_bytes": rec.memory_bytes,
-                         "mem_total": rec.mem_total, "explanation": rec.explanation.splitlines()})
+        _json_line(out, rec.to_dict())
         return EXIT_OK
     out.write(rec.explanation + "\n")
     out.write("To apply now and at boot:\n  %s set-max %d --persist\n  %s set-hashsize %d --persist\n"
@@ -608,7 +574,7 @@ def cmd_health(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args) as ct:
         h = _health.health(ct, since=since, interval=args.interval)
     if args.json:
-        _json_line(out, _health.as_dict(h))
+        _json_line(out, h.to_dict())
     else:
         out.write("%s\n" % h)
     return HEALTH_EXIT[h.verdict]

@@ -2,13 +2,30 @@
 
 Values come from the installed libnetfilter_conntrack and kernel headers
 through the compiled module, never from a hand-copied table.
+
+One convention for every enum of the package (these, :class:`conntrack.EventType`,
+:class:`conntrack.health.Verdict`):
+
+- Write members in UPPER_CASE, as the standard library's enums are
+  (``Proto.TCP``, ``Family.IPV4``, ``TCPState.ESTABLISHED``, ``Status.ASSURED``).
+- A member's ``name``, ``str()`` and JSON form (``to_dict()``) are the word
+  conntrack(8) prints for it: ``tcp``, ``ipv4``, ``ESTABLISHED``,
+  ``ASSURED|SEEN_REPLY``.  For :class:`Family`, :class:`Proto` and
+  ``Verdict`` that word is lower case, so their lower-case spellings
+  (``Proto.tcp``) are the members and the upper-case ones are aliases of
+  them: both spellings work, ``Proto.TCP is Proto.tcp``.
+- Parsing (``Filter(proto="TCP")``, ``parse_state(...)``) accepts any case.
+
+The members are written out, one line per C constant with its docstring,
+rather than built by a helper from a table of constant names: mypy, editors
+and Sphinx only see members written in the class body.
 """
 
 from __future__ import annotations
 
 import enum
 import socket
-from typing import Type, TypeVar, Union
+from typing import Dict, Type, TypeVar, Union
 
 from ._nfct import lib
 from .errors import InvalidType, InvalidValue, keyword
@@ -61,16 +78,20 @@ class Family(NamedIntEnum):
     """Address family of a flow."""
 
     ipv4 = lib.AF_INET
-    """IPv4 (AF_INET)."""
+    """IPv4 (AF_INET); also spelled ``Family.IPV4``."""
     ipv6 = lib.AF_INET6
-    """IPv6 (AF_INET6)."""
+    """IPv6 (AF_INET6); also spelled ``Family.IPV6``."""
+
+    IPV4 = ipv4
+    IPV6 = ipv6
 
 
 class Proto(NamedIntEnum):
     """Layer-4 protocol of a flow.
 
     Protocols without a name here (conntrack tracks any IP protocol
-    generically) come back as pseudo-members named ``proto_N``.
+    generically) come back as pseudo-members named ``proto_N``.  Each
+    member is also spelled in upper case (``Proto.TCP is Proto.tcp``).
     """
 
     icmp = lib.IPPROTO_ICMP
@@ -89,6 +110,15 @@ class Proto(NamedIntEnum):
     """SCTP."""
     udplite = lib.IPPROTO_UDPLITE
     """UDP-Lite."""
+
+    ICMP = icmp
+    TCP = tcp
+    UDP = udp
+    DCCP = dccp
+    GRE = gre
+    ICMPV6 = icmpv6
+    SCTP = sctp
+    UDPLITE = udplite
 
     @classmethod
     def _missing_(cls, value: object) -> Proto:
@@ -216,10 +246,18 @@ class DCCPState(NamedIntEnum):
 State = Union[TCPState, SCTPState, DCCPState]
 
 STATE_ENUMS = {
-    Proto.tcp: TCPState,
-    Proto.sctp: SCTPState,
-    Proto.dccp: DCCPState,
+    Proto.TCP: TCPState,
+    Proto.SCTP: SCTPState,
+    Proto.DCCP: DCCPState,
 }
+
+
+def _names(cls: Type[enum.Enum]) -> str:
+    """The names a message lists: each member once (``tcp``, not also ``TCP``), other aliases too (``LISTEN``)."""
+    seen: Dict[str, str] = {}
+    for name in cls.__members__:
+        seen.setdefault(name.lower(), name)
+    return ", ".join(seen.values())
 
 
 def _parse_enum(cls: Type[_E], value: object, field: str) -> _E:
@@ -231,8 +269,7 @@ def _parse_enum(cls: Type[_E], value: object, field: str) -> _E:
         for name, member in cls.__members__.items():  # aliases too (TCPState.LISTEN)
             if name.lower() == key:
                 return member
-        names = ", ".join(cls.__members__)
-        raise InvalidValue(keyword(field), "%s: unknown name %r (expected one of: %s)" % (field, value, names))
+        raise InvalidValue(keyword(field), "%s: unknown name %r (expected one of: %s)" % (field, value, _names(cls)))
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             return cls(value)
@@ -254,16 +291,16 @@ def parse_proto(value: object, field: str = "proto") -> Proto:
         except (OSError, ValueError):
             # no such name, or no /etc/protocols (Debian's netbase): the library's names
             raise InvalidValue(keyword(field), "%s: unknown protocol %r (expected a number, proto_N, one of %s, "
-                               "or a name from /etc/protocols)" % (field, value, ", ".join(Proto.__members__))) from None
+                               "or a name from /etc/protocols)" % (field, value, _names(Proto))) from None
     return _parse_enum(Proto, value, field)
 
 
 def parse_family(value: object, field: str = "family") -> Family:
     """A Family from a member, ``"ipv4"``/``"ipv6"`` (or ``4``/``6``) or AF_* number."""
     if value in (4, "4", "inet"):
-        return Family.ipv4
+        return Family.IPV4
     if value in (6, "6", "inet6"):
-        return Family.ipv6
+        return Family.IPV6
     return _parse_enum(Family, value, field)
 
 

@@ -146,6 +146,14 @@ def from_errno(err: int, what: str, filename: Optional[str] = None) -> OSError:
 class NotLoaded(ConntrackError, FileNotFoundError):
     """nf_conntrack's sysctls are absent: the module is not loaded (``modprobe nf_conntrack``)."""
 
+    @classmethod
+    def missing(cls, path: str) -> NotLoaded:
+        """The error for *path*, one of nf_conntrack's files under /proc, not found (ENOENT)."""
+        exc = cls(_errno.ENOENT, "%s is missing: nf_conntrack is not loaded (modprobe nf_conntrack) "
+                  "or this is not Linux" % path)
+        exc.filename = path
+        return exc
+
 
 class ReadOnlyInNamespace(ConntrackError, PermissionError):
     """The value is global and read-only outside the initial network namespace.

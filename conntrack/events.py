@@ -22,7 +22,7 @@ import os
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Deque, Iterator, Optional
+from typing import Any, Deque, Dict, Iterator, Optional
 
 from . import _binding, _dump
 from .enums import NamedIntFlag
@@ -73,6 +73,14 @@ class Event:
     type: EventType
     flow: Optional[Flow]
     lost: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`), what ``pyconntrack events --json`` prints: ``type``
+        (its name) and the flow's :meth:`~conntrack.Flow.to_dict` keys, or ``type`` and ``lost``
+        for an event without a flow."""
+        if self.flow is None:
+            return {"type": str(self.type), "lost": self.lost}
+        return {"type": str(self.type), **self.flow.to_dict()}
 
 
 _TYPES = {int(t): t for t in EventType}

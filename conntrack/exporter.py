@@ -57,6 +57,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import sysctl
 from ._limits import fill, sum_cpus
+from .cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from .enums import Proto, TCPState
 from .errors import ConntrackError, MissingDependency
 from .netns import NetnsSpec
@@ -336,7 +337,7 @@ class ConntrackCollector:
         fams["age"].add_metric([label], time.monotonic() - b.taken)
         fams["dump"].add_metric([label], b.duration)
         fams["unreplied"].add_metric([label], s.unreplied)
-        by_proto = {p.name: s.by_proto.get(p, 0) for p in (Proto.tcp, Proto.udp, Proto.icmp, Proto.icmpv6)}
+        by_proto = {p.name: s.by_proto.get(p, 0) for p in (Proto.TCP, Proto.UDP, Proto.ICMP, Proto.ICMPV6)}
         by_proto.update({p.name: n for p, n in s.by_proto.items()})
         for proto, n in sorted(by_proto.items()):
             fams["proto"].add_metric([label, proto], n)
@@ -378,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if not 0 < args.port < 65536:
         print("--port: %d is not a TCP port" % args.port, file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         _prom()
         from prometheus_client import CollectorRegistry, start_http_server
@@ -395,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         start_http_server(args.port, addr=args.address, registry=registry)
     except (MissingDependency, OSError, ValueError) as exc:
         print("conntrack exporter: %s" % exc, file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     names = ", ".join(label for label, _ in collector.namespaces)
     print("conntrack exporter: serving http://%s:%d/metrics for netns %s" % (args.address, args.port, names),
           file=sys.stderr, flush=True)
@@ -403,7 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from . import _binding
+from ._check import PORT_PROTOS as _PORT_PROTOS
+from ._check import IPAddress, check_address, check_int, check_port, labels_to_bytes
 from .enums import Family, Proto, State, Status, parse_family, parse_proto, parse_state, parse_status
 from .errors import InvalidType, InvalidValue, keyword
 from .features import KernelFeatures
-from .flow import _PORT_PROTOS, IPAddress, check_address, check_int, check_port, labels_to_bytes
 from .plan import BPFPart, CheckPart, KernelPart, NatMatch, Network, Plan, TuplePart
 
 PortSpec = Union[int, str, Tuple[int, int], range]

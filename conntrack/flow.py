@@ -26,8 +26,11 @@ from typing import (
 )
 
 from . import _binding
+from ._check import PORT_PROTOS as _PORT_PROTOS
+from ._check import IPAddress as IPAddress  # re-exported: annotations of the public API use it
+from ._check import check_address, check_int, check_port, entry_fields, family_of
+from ._json import plain
 from .enums import (
-    SETTABLE_STATUS,
     STATE_ENUMS,
     Family,
     Proto,
@@ -35,17 +38,13 @@ from .enums import (
     Status,
     parse_family,
     parse_proto,
-    parse_state,
-    parse_status,
 )
-from .errors import InvalidType, InvalidValue, keyword
+from .errors import InvalidValue
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 AddressLike = Union[str, bytes, int, IPAddress]
 
 _HAS = _binding.HAS
-_PORT_PROTOS = frozenset((Proto.tcp, Proto.udp, Proto.udplite, Proto.sctp, Proto.dccp))
-_ICMP_PROTOS = frozenset((Proto.icmp, Proto.icmpv6))
+_ICMP_PROTOS = frozenset((Proto.ICMP, Proto.ICMPV6))
 # The reply direction of an ICMP query carries the answer's type
 # (RFC 792 and RFC 4443 pairs; the kernel's icmp invert maps).
 _ICMP_REPLY = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17}
@@ -72,6 +71,10 @@ class FlowTuple(NamedTuple):
     def __str__(self) -> str:
         return _tuple_text(self)
 
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict: addresses as text, and only the fields the protocol has."""
+        return {name: plain(value) for name, value in zip(self._fields, self) if value is not None}
+
 
 class Counters(NamedTuple):
     """Packet and byte counters per direction (needs nf_conntrack_acct=1)."""
@@ -80,126 +83,6 @@ class Counters(NamedTuple):
     orig_bytes: int
     reply_packets: int
     reply_bytes: int
-
-
-# -- validation helpers (plain Python, used by Flow and Filter) -------------
-
-
-def check_int(value: Any, field: str, lo: int, hi: int, *, strings: bool = True, kernel: bool = False) -> int:
-    """An int within [lo, hi], or ValueError/TypeError naming the field.
-
-    *strings*: also take a number written as a str (``"0x10"``); *kernel*:
-    call [lo, hi] "the kernel's range" (the sysctl setters' wording).
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        if strings and isinstance(value, str):
-            try:
-                value = int(value, 0)
-            except ValueError:
-                raise InvalidValue(keyword(field), "%s: %r is not a number" % (field, value)) from None
-        else:
-            raise InvalidType(keyword(field), "%s: expected an int, got %r" % (field, value))
-    if not lo <= value <= hi:
-        where = "the kernel's range" if kernel else "range"
-        raise InvalidValue(keyword(field), "%s: %d is out of %s %d..%d" % (field, value, where, lo, hi))
-    return value
-
-
-def check_port(value: Any, field: str) -> int:
-    """A port number 0..65535."""
-    return check_int(value, field, 0, 0xFFFF)
-
-
-def check_address(value: Any, field: str, family: Optional[Family] = None) -> IPAddress:
-    """An IPv4 or IPv6 address, of *family* when given."""
-    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        addr: IPAddress = value
-    else:
-        try:
-            addr = ipaddress.ip_address(value)
-        except ValueError:
-            raise InvalidValue(keyword(field), "%s: %r is not an IPv4 or IPv6 address" % (field, value)) from None
-    if family is not None and _family_of(addr) != family:
-        raise InvalidValue(
-            keyword(field), "%s: %s is not an %s address" % (field, addr, "IPv4" if family == Family.ipv4 else "IPv6")
-        )
-    return addr
-
-
-def labels_to_bytes(value: Any, field: str = "labels") -> bytes:
-    """A 128-bit label set from bit numbers (an iterable) or an int bitmap."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        bits = check_int(value, field, 0, (1 << 128) - 1)
-    else:
-        bits = 0
-        for bit in value:
-            bits |= 1 << check_int(bit, field, 0, 127)
-    return bits.to_bytes(16, "little")
-
-
-def entry_fields(proto: Optional[Proto] = None, **values: Any) -> Tuple[int, Dict[str, Any]]:
-    """Checked record fields for the values given (None means not given),
-    with their ``CTPY_HAS_*`` bits: what create and update send."""
-    present = 0
-    fields: Dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if name in ("timeout", "mark"):
-            fields[name] = check_int(value, name, 0, 0xFFFFFFFF)
-        elif name == "zone":
-            fields[name] = check_int(value, name, 0, 0xFFFF)
-        elif name == "status":
-            fields[name] = int(parse_status(value))
-        elif name == "state":
-            if proto is None:
-                raise InvalidValue("state", "state: needs the flow's protocol")
-            fields[name] = int(parse_state(proto, value))
-        elif name == "labels":
-            fields[name] = labels_to_bytes(value)
-        else:
-            raise TypeError("unknown field %r" % name)
-        present |= _HAS[name]
-    return present, fields
-
-
-def status_names(bits: int) -> str:
-    """``"SRC_NAT|DST_NAT"`` for a set of status bits (unknown ones in hex)."""
-    names = [m.name or "" for m in Status if m & bits]
-    rest = bits & ~sum(Status)
-    if rest:
-        names.append("%#x" % rest)
-    return "|".join(names)
-
-
-_PLAIN_STATUS = int(SETTABLE_STATUS | Status.CONFIRMED)
-
-
-def check_create(flow: Flow) -> None:
-    """ValueError when *flow* asks for status bits a create cannot set.
-
-    The kernel sets CONFIRMED on insertion, and SRC_NAT/DST_NAT (with both
-    NAT_DONE bits) when the reply tuple is translated; a user may set only
-    ``SETTABLE_STATUS``.  Any other bit would be dropped without a word.
-    """
-    status = flow._b.status(flow._i) if flow._has("status") else 0
-    if not status & ~_PLAIN_STATUS:  # the common case, without decoding the tuples
-        return
-    nat = flow._nat_bits()
-    allowed = _PLAIN_STATUS
-    if nat:
-        allowed |= int(nat | Status.SRC_NAT_DONE | Status.DST_NAT_DONE)
-    bad = status & ~allowed
-    if bad:
-        msg = "status: the kernel does not let a create set %s" % status_names(bad)
-        if bad & (Status.SRC_NAT | Status.DST_NAT | Status.SRC_NAT_DONE | Status.DST_NAT_DONE):
-            msg += (" (it sets the NAT bits itself when the reply tuple is translated: give "
-                    "reply_src/reply_sport for DNAT, reply_dst/reply_dport for SNAT)")
-        raise ValueError(msg)
-
-
-def _family_of(addr: IPAddress) -> Family:
-    return Family.ipv4 if addr.version == 4 else Family.ipv6
 
 
 # -- address objects, built once per distinct address --------------------------
@@ -509,7 +392,7 @@ class Flow:
         p = parse_proto(proto)
         fam = parse_family(family) if family is not None else None
         s = check_address(src, "src", fam)
-        fam = _family_of(s)
+        fam = family_of(s)
         d = check_address(dst, "dst", fam)
         rs = check_address(reply_src, "reply_src", fam) if reply_src is not None else d
         rd = check_address(reply_dst, "reply_dst", fam) if reply_dst is not None else s
@@ -593,7 +476,7 @@ class Flow:
 
     @property
     def family(self) -> Family:
-        """Address family (``Family.ipv4`` or ``Family.ipv6``)."""
+        """Address family (``Family.IPV4`` or ``Family.IPV6``)."""
         return _FAMILIES[self._b.family(self._i)]
 
     @property
@@ -740,23 +623,12 @@ class Flow:
         """True when destination NAT applies."""
         return bool(self.status & Status.DST_NAT)
 
-    def _nat_bits(self) -> Status:
-        """SRC_NAT/DST_NAT as the tuples say: the reply is not the original's inverse."""
-        o, r = self.orig, self.reply
-        ports = self.proto in _PORT_PROTOS
-        bits = Status(0)
-        if r.src != o.dst or ports and r.sport != o.dport:
-            bits |= Status.DST_NAT
-        if r.dst != o.src or ports and r.dport != o.sport:
-            bits |= Status.SRC_NAT
-        return bits
-
     @property
     def key(self) -> Tuple[int, Proto, FlowTuple]:
         """What names the entry in the kernel: zone, protocol, original tuple."""
         return (self.zone, self.proto, self.orig)
 
-    def _values(self) -> Tuple[Any, ...]:
+    def _values(self) -> Tuple[Any, ...]:  # in _FIELD_NAMES' order
         return (
             self.family, self.proto, self.orig, self.reply, self.status, self.state,
             self.timeout, self.mark, self.zone, self.orig_zone, self.reply_zone, self.id, self.use, self.counters,
@@ -772,41 +644,9 @@ class Flow:
         return hash(self._values())
 
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready dict (addresses as strings, enums as names)."""
-        def tup(t: Optional[FlowTuple]) -> Optional[Dict[str, Any]]:
-            if t is None:
-                return None
-            d: Dict[str, Any] = {"src": str(t.src), "dst": str(t.dst)}
-            for name in ("sport", "dport", "icmp_type", "icmp_code", "icmp_id"):
-                if getattr(t, name) is not None:
-                    d[name] = getattr(t, name)
-            return d
-
-        state = self.state
-        counters = self.counters
-        start, stop = self.start, self.stop
-        return {
-            "family": self.family.name,
-            "proto": self.proto.name,
-            "orig": tup(self.orig),
-            "reply": tup(self.reply),
-            "status": [m.name for m in Status if m & self.status],
-            "state": state.name if state is not None else None,
-            "timeout": self.timeout,
-            "mark": self.mark,
-            "zone": self.zone,
-            "orig_zone": self.orig_zone,
-            "reply_zone": self.reply_zone,
-            "id": self.id,
-            "use": self.use,
-            "counters": counters._asdict() if counters is not None else None,
-            "start": start.isoformat() if start else None,
-            "stop": stop.isoformat() if stop else None,
-            "labels": sorted(self.labels),
-            "secctx": self.secctx,
-            "helper": self.helper,
-            "master": tup(self.master),
-        }
+        """A JSON-ready dict of every field, by the package's one JSON convention
+        (:ref:`json`): addresses as text, enums as their names, times in ISO 8601."""
+        return dict(zip(_FIELD_NAMES, map(plain, self._values())))
 
     def __str__(self) -> str:
         """The flow in `conntrack -L`'s one-line format."""
@@ -853,6 +693,11 @@ class Flow:
 
     def __repr__(self) -> str:
         return "<Flow %s>" % self
+
+
+_FIELD_NAMES = ("family", "proto", "orig", "reply", "status", "state", "timeout", "mark", "zone", "orig_zone",
+                "reply_zone", "id", "use", "counters", "start", "stop", "labels", "secctx", "helper", "master")
+"""The keys of :meth:`Flow.to_dict`, in the order of ``Flow._values()``."""
 
 
 def _ts(ns: Optional[int]) -> Optional[_dt.datetime]:

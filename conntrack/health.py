@@ -10,7 +10,7 @@ of the counters that mean lost connections::
     time.sleep(10)
     h = health.health(previous=h)
     print(h)            # "critical: 96.1% full (...); drop 14.2/s ..."
-    if h.verdict is health.Verdict.critical: ...
+    if h.verdict is health.Verdict.CRITICAL: ...
 
 Verdict: ``critical`` at 95% full or more, when packets were dropped or
 entries evicted early between the two samples, or when the kernel logged
@@ -29,12 +29,14 @@ import errno
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import sysctl
+from ._json import plain
 from ._limits import fill, sum_cpus
-from .errors import ConntrackError, InvalidValue
+from .errors import ConntrackError, InvalidValue, NotLoaded
 from .table import Conntrack
 
 WARNING_FILL = 0.90
@@ -53,7 +55,13 @@ Since = Union[None, float, _dt.datetime]
 
 
 class Verdict(str, enum.Enum):
-    """How worried to be."""
+    """How worried to be: ``Verdict.OK``, ``WARNING`` or ``CRITICAL``.
+
+    As for every enum of the package (see :mod:`conntrack.enums`), members
+    are written in upper case; ``name``, ``str()`` and the value are the
+    lower-case word (``"ok"``), so ``Verdict.ok`` is the member and
+    ``Verdict.OK`` its alias.
+    """
 
     ok = "ok"
     """Below 90% full, nothing lost."""
@@ -61,6 +69,10 @@ class Verdict(str, enum.Enum):
     """90% full or more, or insert failures: act before it fills."""
     critical = "critical"
     """95% full or more, or new flows are being dropped."""
+
+    OK = ok
+    WARNING = warning
+    CRITICAL = critical
 
     def __str__(self) -> str:
         return self.value
@@ -146,6 +158,17 @@ class Health:
     def __str__(self) -> str:
         return "%s: %s" % (self.verdict, "; ".join(self.reasons))
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The verdict and its numbers as JSON-ready values (:ref:`json`), what
+        ``pyconntrack health --json`` prints: ``source`` is the sample's, the
+        log lines, the window start and the sample itself are left out."""
+        return {
+            "verdict": plain(self.verdict), "reasons": list(self.reasons), "count": self.count, "max": self.max,
+            "fill": self.fill, "interval": self.interval, "deltas": plain(self.deltas), "rates": plain(self.rates),
+            "table_full": self.table_full, "source": self.sample.source,
+            "top_sources": [[plain(key), count] for key, count in self.top_sources],
+        }
+
 
 # -- sampling ----------------------------------------------------------------------
 
@@ -163,7 +186,7 @@ def read_proc_stat(root: str = "/", *, netns: sysctl.NetnsSpec = None) -> List[D
             except FileNotFoundError:
                 continue
         else:
-            raise sysctl._not_loaded(os.path.join(root, "proc/net/stat/nf_conntrack"))
+            raise NotLoaded.missing(os.path.join(root, "proc/net/stat/nf_conntrack"))
         names = [_PROC_NAMES.get(n, n) for n in lines[0].split()]
         rows = []
         for cpu, line in enumerate(lines[1:]):
@@ -355,14 +378,14 @@ def judge(now: Sample, prev: Optional[Sample] = None, since: Since = None, root:
     records logged between the two samples (by sequence number).
     """
     reasons: List[str] = []
-    level = Verdict.ok
+    level = Verdict.OK
     fill = now.fill
     text = "%.1f%% full (%d of %d entries)" % (100 * fill, now.count, now.max)
     if fill >= CRITICAL_FILL:
-        level = Verdict.critical
+        level = Verdict.CRITICAL
         reasons.append("%s, at or above %.0f%%" % (text, 100 * CRITICAL_FILL))
     elif fill >= WARNING_FILL:
-        level = Verdict.warning
+        level = Verdict.WARNING
         reasons.append("%s, at or above %.0f%%" % (text, 100 * WARNING_FILL))
     else:
         reasons.append(text)
@@ -376,12 +399,12 @@ def judge(now: Sample, prev: Optional[Sample] = None, since: Since = None, root:
         rates = {k: (v / dt if dt > 0 else 0.0) for k, v in deltas.items()}
         lost = [k for k in ("drop", "early_drop") if deltas[k]]
         if lost:
-            level = Verdict.critical
+            level = Verdict.CRITICAL
         for k in DROP_COUNTERS:
             if deltas[k]:
                 reasons.append("%s +%d in %.1f s (%.1f/s)" % (k, deltas[k], dt, rates[k]))
-        if deltas["insert_failed"] and level is Verdict.ok:
-            level = Verdict.warning
+        if deltas["insert_failed"] and level is Verdict.OK:
+            level = Verdict.WARNING
         if not any(deltas.values()):
             reasons.append("no drops in %.1f s" % dt)
     else:
@@ -407,7 +430,7 @@ def judge(now: Sample, prev: Optional[Sample] = None, since: Since = None, root:
             lines = tuple(m for m in found if _ours(m, now))
             full = len(lines)
             if full:
-                level = Verdict.critical
+                level = Verdict.CRITICAL
                 reasons.append("%d 'table full, dropping packet' kernel message(s) since %s"
                                % (full, _dt.datetime.fromtimestamp(window).isoformat(timespec="seconds")))
     return Health(level, tuple(reasons), now.count, now.max, fill, dt, deltas, rates, full, lines,
@@ -422,14 +445,9 @@ def _ours(line: LogLine, s: Sample) -> bool:
 
 
 def as_dict(h: Health) -> Dict[str, Any]:
-    """The verdict and its numbers as plain JSON-ready values."""
-    return {
-        "verdict": str(h.verdict), "reasons": list(h.reasons), "count": h.count, "max": h.max,
-        "fill": h.fill, "interval": h.interval, "deltas": dict(h.deltas) if h.deltas is not None else None,
-        "rates": dict(h.rates) if h.rates is not None else None, "table_full": h.table_full,
-        "source": h.sample.source,
-        "top_sources": [[str(key), count] for key, count in h.top_sources],
-    }
+    """Deprecated: ``h.to_dict()`` (every result's JSON form is its ``to_dict()``)."""
+    warnings.warn("health.as_dict(h) is deprecated: use h.to_dict()", DeprecationWarning, stacklevel=2)
+    return h.to_dict()
 
 
 __all__ = [

@@ -30,9 +30,10 @@ import errno
 import os
 import types
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, TypeVar
+from typing import Any, Dict, Mapping, Optional, TypeVar
 
 from . import _limits, _persist, _proxmox, _recommend
+from ._check import check_int
 from ._limits import INT_MAX as INT_MAX  # re-exported, as every name below that this module does not use
 from ._limits import TIMEOUT_RE as _TIMEOUT_RE
 from ._limits import fill
@@ -44,7 +45,6 @@ from ._persist import load_at_boot, module_is_builtin, write_dropin
 from ._proxmox import is_proxmox
 from ._recommend import Recommendation, kernel_default, mem_total, recommend_max
 from .errors import NotLoaded, ReadOnlyInNamespace, from_errno
-from .flow import check_int
 from .netns import NetnsSpec
 from .netns import run_in as in_netns
 
@@ -113,6 +113,18 @@ class Settings:
         """count / max (0.0 when the limit is 0, meaning none)."""
         return fill(self.count, self.max)
 
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`), what ``pyconntrack limits --json`` prints: the named
+        values (``raw`` left out), ``fill``, ``free`` and ``memory_full_bytes`` (the kernel memory
+        a full table takes, at :data:`BYTES_PER_ENTRY`)."""
+        return {
+            "max": self.max, "count": self.count, "fill": self.fill, "free": max(self.max - self.count, 0),
+            "buckets": self.buckets, "hashsize": self.hashsize, "expect_max": self.expect_max,
+            "memory_full_bytes": self.max * BYTES_PER_ENTRY,
+            "timeouts": dict(self.timeouts),
+            **{flag: getattr(self, flag) for flag in _FLAGS},
+        }
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -136,6 +148,10 @@ class Usage:
     def __str__(self) -> str:
         return "%d of %d entries (%.1f%%)" % (self.count, self.max, 100 * self.fill)
 
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`): ``count``, ``max``, ``fill``, ``free``."""
+        return {"count": self.count, "max": self.max, "fill": self.fill, "free": self.free}
+
 
 # -- paths and namespaces -------------------------------------------------------
 
@@ -156,19 +172,10 @@ def _read_int(path: str) -> int:
     return int(text[0])
 
 
-def _not_loaded(path: str) -> NotLoaded:
-    exc = NotLoaded(
-        errno.ENOENT,
-        "%s is missing: nf_conntrack is not loaded (modprobe nf_conntrack) or this is not Linux" % path,
-    )
-    exc.filename = path
-    return exc
-
-
 def _read_tree(root: str) -> Settings:
     d = _path(root, SYSCTL_DIR)
     if not os.path.exists(os.path.join(d, "nf_conntrack_max")):
-        raise _not_loaded(os.path.join(d, "nf_conntrack_max"))
+        raise NotLoaded.missing(os.path.join(d, "nf_conntrack_max"))
     raw: Dict[str, int] = {}
     for name in sorted(os.listdir(d)):
         path = os.path.join(d, name)
@@ -182,7 +189,7 @@ def _read_tree(root: str) -> Settings:
             continue  # went away (module unloading)
     for key in ("max", "count", "buckets", "expect_max") + _FLAGS:
         if "nf_conntrack_" + key not in raw:
-            raise _not_loaded(os.path.join(d, "nf_conntrack_" + key))
+            raise NotLoaded.missing(os.path.join(d, "nf_conntrack_" + key))
     timeouts = {name[len("nf_conntrack_"):]: value for name, value in raw.items() if _TIMEOUT_RE.fullmatch(name)}
     try:
         hashsize: Optional[int] = _read_int(_path(root, HASHSIZE_PATH))
@@ -220,7 +227,7 @@ def usage(root: str = "/", *, netns: NetnsSpec = None) -> Usage:
             return Usage(_read_int(os.path.join(d, "nf_conntrack_count")),
                          _read_int(os.path.join(d, "nf_conntrack_max")))
         except FileNotFoundError as exc:
-            raise _not_loaded(exc.filename or d) from None
+            raise NotLoaded.missing(exc.filename or d) from None
 
     return in_netns(netns, get)
 
@@ -236,7 +243,7 @@ def is_init_netns(netns: NetnsSpec = None) -> bool:
         try:
             return bool(os.stat(path).st_mode & 0o200)
         except FileNotFoundError:
-            raise _not_loaded(path) from None
+            raise NotLoaded.missing(path) from None
 
     return in_netns(netns, check)
 
@@ -305,7 +312,7 @@ def _write_file(path: str, name: str, field: str, value: int) -> int:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise _not_loaded(path) from None
+        raise NotLoaded.missing(path) from None
     if not st.st_mode & 0o222:
         if name in _NS_READONLY or name == "hashsize":
             raise _readonly(name, path)
@@ -327,7 +334,7 @@ def _write_file(path: str, name: str, field: str, value: int) -> int:
         if err == errno.EOPNOTSUPP or (err in (errno.EACCES, errno.EPERM) and name in _NS_READONLY):
             raise _readonly(name, path) from None
         if err == errno.ENOENT:
-            raise _not_loaded(path) from None
+            raise NotLoaded.missing(path) from None
         raise from_errno(err, "cannot write %s" % path, path) from None
     return previous
 

@@ -24,6 +24,7 @@ from typing import (
     Iterable,
     Iterator,
     List,
+    Mapping,
     Optional,
     Sequence,
     Tuple,
@@ -33,6 +34,7 @@ from typing import (
 )
 
 from . import _binding, _dump
+from ._check import check_create, entry_fields, nat_bits, status_names
 from ._limits import sum_cpus
 from .enums import SETTABLE_STATUS, Family, Proto, Status, TCPState, parse_family, parse_status
 from .errors import (
@@ -52,7 +54,7 @@ from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, EventStream, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter
-from .flow import ROW_FIELDS, Flow, check_create, entry_fields, rows, status_names
+from .flow import ROW_FIELDS, Flow, rows
 from .netns import NetnsSpec, resolve
 from .plan import KernelPart, Plan
 from .top import By, Top, decode, parse_by
@@ -72,6 +74,19 @@ class Summary:
     """Entries per layer-4 protocol (protocols with none are left out)."""
     tcp_states: Dict[TCPState, int]
     """TCP entries per state (states with none are left out)."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`); ``by_proto`` and ``tcp_states`` most frequent first."""
+        return {
+            "total": self.total, "unreplied": self.unreplied, "assured": self.assured,
+            "by_proto": _by_count(self.by_proto), "tcp_states": _by_count(self.tcp_states),
+        }
+
+
+def _by_count(counts: Mapping[Any, int]) -> Dict[str, int]:
+    """*counts* keyed by their ``str()``, most frequent first (ties by name)."""
+    named = [(str(key), n) for key, n in counts.items()]
+    return dict(sorted(named, key=lambda item: (-item[1], item[0])))
 
 
 @dataclass
@@ -95,6 +110,14 @@ class DeleteResult:
     """True when nothing was deleted and ``matched`` lists what would have been."""
     matched: List[Flow] = field(default_factory=list)
     """With ``dry_run=True``: the flows that match."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`); ``matched`` only for a dry run."""
+        d: Dict[str, Any] = {"deleted": self.deleted, "vanished": self.vanished, "method": self.method,
+                             "exact": self.exact, "dry_run": self.dry_run, "interrupted": self.interrupted}
+        if self.dry_run:
+            d["matched"] = [f.to_dict() for f in self.matched]
+        return d
 
 
 def _lookup_record(target: Union[Flow, Filter, None], kwargs: dict) -> Flow:
@@ -464,7 +487,7 @@ class Conntrack:
             if exc.errno in (errno.ENOMEM, errno.ENOSPC):
                 raise self._insert_refused(exc.errno, "create of %s" % flow) from None
             raise
-        nat = flow._nat_bits()
+        nat = nat_bits(flow)
         labels = flow.labels
         if not nat and not labels:
             return

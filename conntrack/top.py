@@ -29,9 +29,10 @@ import enum
 import ipaddress
 import re
 import struct
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from ._binding import TOP_MAXPARTS, TOP_PARTS, TopPart
+from ._json import plain
 from .enums import STATE_ENUMS, Family, Proto
 
 By = Union[str, Sequence[str]]
@@ -57,6 +58,13 @@ class Top(List[Tuple[Any, int]]):
 
     def __repr__(self) -> str:
         return "Top(by=%r, total=%d, distinct=%d, %s)" % (self.by, self.total, self.distinct, list.__repr__(self))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready values (:ref:`json`), what ``pyconntrack top --json`` prints: ``by``,
+        ``total``, ``distinct`` and ``top``, a list of ``{"key": ..., "count": ...}`` (a key
+        grouped by several fields is a list)."""
+        return {"by": list(self.by), "total": self.total, "distinct": self.distinct,
+                "top": [{"key": plain(key), "count": n} for key, n in self]}
 
 
 def parse_by(by: By) -> Tuple[Tuple[str, ...], List[TopPart]]:
@@ -97,7 +105,7 @@ def _decode_part(part: TopPart, raw: bytes) -> Any:
     name = part.name
     if name in ("src", "dst"):
         family = raw[0]
-        if family == Family.ipv4:
+        if family == Family.IPV4:
             a4 = ipaddress.IPv4Address(raw[1:5])
             return a4 if part.plen4 == 32 else ipaddress.IPv4Network((a4, part.plen4))
         a6 = ipaddress.IPv6Address(raw[1:17])
@@ -150,16 +158,8 @@ def key_text(key: Any) -> str:
 
 
 def key_json(key: Any) -> Any:
-    """A key as a JSON-ready value (a list for tuples)."""
-    if isinstance(key, tuple):
-        return [key_json(k) for k in key]
-    if key is None or isinstance(key, bool):
-        return key
-    if isinstance(key, enum.Enum):
-        return key.name
-    if isinstance(key, int):
-        return int(key)
-    return str(key)
+    """A key as a JSON-ready value (a list for tuples), as :meth:`Top.to_dict` gives it."""
+    return plain(key)
 
 
 __all__ = ["By", "Top", "decode", "key_json", "key_text", "parse_by"]

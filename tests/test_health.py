@@ -117,7 +117,9 @@ def test_an_empty_namespace_is_ok(ns_ct):
     assert h.sample.netns_inode == os.stat(ns_ct.ns.path).st_ino and h.sample.init_netns is False
     again = health.health(ns_ct, previous=h)
     assert again.deltas == {"drop": 0, "early_drop": 0, "insert_failed": 0} and again.interval > 0
-    assert health.as_dict(again)["verdict"] == "ok"
+    assert again.to_dict()["verdict"] == "ok"
+    with pytest.warns(DeprecationWarning, match="to_dict"):
+        assert health.as_dict(again) == again.to_dict()  # the old name still works
 
 
 def test_the_procfs_fallback_agrees_with_netlink(ns_ct):

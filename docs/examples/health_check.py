@@ -8,7 +8,7 @@ from conntrack import Conntrack, health
 def check(ct: Conntrack, seconds: float = 10.0) -> health.Health:
     h = health.health(ct, interval=seconds)  # two samples this far apart: rates per second
     print(h)  # the verdict and the numbers behind it
-    if h.verdict is not health.Verdict.ok:
+    if h.verdict is not health.Verdict.OK:
         print("act now: raise nf_conntrack_max, or find what opens so many flows")
     return h
 
