@@ -174,6 +174,12 @@ class EventBatch(NamedTuple):
     """Events lost with them (None: unknown)."""
 
 
+def constant(name: str) -> int:
+    """The value of a C constant (``AF_INET``, ``IPS_ASSURED``, ...) as the
+    installed headers define it; :mod:`conntrack.enums` builds its members from these."""
+    return int(getattr(lib, name))
+
+
 def check(rc: int, what: str) -> int:
     """Raise the matching exception for a negative errno return."""
     if rc < 0:

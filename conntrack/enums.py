@@ -27,7 +27,7 @@ import enum
 import socket
 from typing import Dict, Type, TypeVar, Union
 
-from ._nfct import lib
+from ._binding import constant as _c
 from .errors import InvalidType, InvalidValue, keyword
 
 _E = TypeVar("_E", bound=enum.IntEnum)
@@ -77,9 +77,9 @@ class NamedIntFlag(enum.IntFlag):
 class Family(NamedIntEnum):
     """Address family of a flow."""
 
-    ipv4 = lib.AF_INET
+    ipv4 = _c("AF_INET")
     """IPv4 (AF_INET); also spelled ``Family.IPV4``."""
-    ipv6 = lib.AF_INET6
+    ipv6 = _c("AF_INET6")
     """IPv6 (AF_INET6); also spelled ``Family.IPV6``."""
 
     IPV4 = ipv4
@@ -94,21 +94,21 @@ class Proto(NamedIntEnum):
     member is also spelled in upper case (``Proto.TCP is Proto.tcp``).
     """
 
-    icmp = lib.IPPROTO_ICMP
+    icmp = _c("IPPROTO_ICMP")
     """ICMP."""
-    tcp = lib.IPPROTO_TCP
+    tcp = _c("IPPROTO_TCP")
     """TCP."""
-    udp = lib.IPPROTO_UDP
+    udp = _c("IPPROTO_UDP")
     """UDP."""
-    dccp = lib.IPPROTO_DCCP
+    dccp = _c("IPPROTO_DCCP")
     """DCCP."""
-    gre = lib.IPPROTO_GRE
+    gre = _c("IPPROTO_GRE")
     """GRE."""
-    icmpv6 = lib.IPPROTO_ICMPV6
+    icmpv6 = _c("IPPROTO_ICMPV6")
     """ICMPv6."""
-    sctp = lib.IPPROTO_SCTP
+    sctp = _c("IPPROTO_SCTP")
     """SCTP."""
-    udplite = lib.IPPROTO_UDPLITE
+    udplite = _c("IPPROTO_UDPLITE")
     """UDP-Lite."""
 
     ICMP = icmp
@@ -133,113 +133,113 @@ class Proto(NamedIntEnum):
 class Status(NamedIntFlag):
     """The kernel's IPS_* status bits of an entry."""
 
-    EXPECTED = lib.IPS_EXPECTED
+    EXPECTED = _c("IPS_EXPECTED")
     """An expected connection (a helper's related flow)."""
-    SEEN_REPLY = lib.IPS_SEEN_REPLY
+    SEEN_REPLY = _c("IPS_SEEN_REPLY")
     """Packets were seen in both directions."""
-    ASSURED = lib.IPS_ASSURED
+    ASSURED = _c("IPS_ASSURED")
     """Assured: not dropped early when the table is full."""
-    CONFIRMED = lib.IPS_CONFIRMED
+    CONFIRMED = _c("IPS_CONFIRMED")
     """The entry is in the table (left the unconfirmed list)."""
-    SRC_NAT = lib.IPS_SRC_NAT
+    SRC_NAT = _c("IPS_SRC_NAT")
     """Source NAT applies."""
-    DST_NAT = lib.IPS_DST_NAT
+    DST_NAT = _c("IPS_DST_NAT")
     """Destination NAT applies."""
-    SEQ_ADJUST = lib.IPS_SEQ_ADJUST
+    SEQ_ADJUST = _c("IPS_SEQ_ADJUST")
     """TCP sequence numbers are adjusted."""
-    SRC_NAT_DONE = lib.IPS_SRC_NAT_DONE
+    SRC_NAT_DONE = _c("IPS_SRC_NAT_DONE")
     """Source NAT has been set up."""
-    DST_NAT_DONE = lib.IPS_DST_NAT_DONE
+    DST_NAT_DONE = _c("IPS_DST_NAT_DONE")
     """Destination NAT has been set up."""
-    DYING = lib.IPS_DYING
+    DYING = _c("IPS_DYING")
     """The entry is being destroyed."""
-    FIXED_TIMEOUT = lib.IPS_FIXED_TIMEOUT
+    FIXED_TIMEOUT = _c("IPS_FIXED_TIMEOUT")
     """The timeout is fixed (not refreshed by traffic)."""
-    TEMPLATE = lib.IPS_TEMPLATE
+    TEMPLATE = _c("IPS_TEMPLATE")
     """A template entry (for zones or helpers)."""
-    UNTRACKED = lib.IPS_UNTRACKED
+    UNTRACKED = _c("IPS_UNTRACKED")
     """Untracked (also NAT_CLASH on recent kernels)."""
-    HELPER = lib.IPS_HELPER
+    HELPER = _c("IPS_HELPER")
     """A helper was assigned explicitly."""
-    OFFLOAD = lib.IPS_OFFLOAD
+    OFFLOAD = _c("IPS_OFFLOAD")
     """Offloaded to the flowtable."""
-    HW_OFFLOAD = lib.IPS_HW_OFFLOAD
+    HW_OFFLOAD = _c("IPS_HW_OFFLOAD")
     """Offloaded to hardware."""
 
 
 #: Status bits a create or an update may set: the kernel ignores the others
 #: (IPS_UNCHANGEABLE_MASK) or refuses to change them (EXPECTED, CONFIRMED, DYING).
-SETTABLE_STATUS = Status(~lib.IPS_UNCHANGEABLE_MASK & sum(Status))
+SETTABLE_STATUS = Status(~_c("IPS_UNCHANGEABLE_MASK") & sum(Status))
 
 
 class TCPState(NamedIntEnum):
     """TCP conntrack states, as `conntrack -L` names them."""
 
-    NONE = lib.TCP_CONNTRACK_NONE
+    NONE = _c("TCP_CONNTRACK_NONE")
     """No state."""
-    SYN_SENT = lib.TCP_CONNTRACK_SYN_SENT
+    SYN_SENT = _c("TCP_CONNTRACK_SYN_SENT")
     """SYN seen, no reply."""
-    SYN_RECV = lib.TCP_CONNTRACK_SYN_RECV
+    SYN_RECV = _c("TCP_CONNTRACK_SYN_RECV")
     """SYN/ACK seen."""
-    ESTABLISHED = lib.TCP_CONNTRACK_ESTABLISHED
+    ESTABLISHED = _c("TCP_CONNTRACK_ESTABLISHED")
     """Handshake complete."""
-    FIN_WAIT = lib.TCP_CONNTRACK_FIN_WAIT
+    FIN_WAIT = _c("TCP_CONNTRACK_FIN_WAIT")
     """FIN seen in one direction."""
-    CLOSE_WAIT = lib.TCP_CONNTRACK_CLOSE_WAIT
+    CLOSE_WAIT = _c("TCP_CONNTRACK_CLOSE_WAIT")
     """FIN seen, waiting for the other side."""
-    LAST_ACK = lib.TCP_CONNTRACK_LAST_ACK
+    LAST_ACK = _c("TCP_CONNTRACK_LAST_ACK")
     """FIN in both directions, last ACK pending."""
-    TIME_WAIT = lib.TCP_CONNTRACK_TIME_WAIT
+    TIME_WAIT = _c("TCP_CONNTRACK_TIME_WAIT")
     """Closed, lingering."""
-    CLOSE = lib.TCP_CONNTRACK_CLOSE
+    CLOSE = _c("TCP_CONNTRACK_CLOSE")
     """Closed (RST seen)."""
-    SYN_SENT2 = lib.TCP_CONNTRACK_SYN_SENT2
+    SYN_SENT2 = _c("TCP_CONNTRACK_SYN_SENT2")
     """Simultaneous open."""
-    LISTEN = lib.TCP_CONNTRACK_LISTEN
+    LISTEN = _c("TCP_CONNTRACK_LISTEN")
     """The old name of state 9, which conntrack(8) accepts: an alias of SYN_SENT2."""
 
 
 class SCTPState(NamedIntEnum):
     """SCTP conntrack states."""
 
-    NONE = lib.SCTP_CONNTRACK_NONE
+    NONE = _c("SCTP_CONNTRACK_NONE")
     """No state."""
-    CLOSED = lib.SCTP_CONNTRACK_CLOSED
+    CLOSED = _c("SCTP_CONNTRACK_CLOSED")
     """Closed."""
-    COOKIE_WAIT = lib.SCTP_CONNTRACK_COOKIE_WAIT
+    COOKIE_WAIT = _c("SCTP_CONNTRACK_COOKIE_WAIT")
     """INIT sent."""
-    COOKIE_ECHOED = lib.SCTP_CONNTRACK_COOKIE_ECHOED
+    COOKIE_ECHOED = _c("SCTP_CONNTRACK_COOKIE_ECHOED")
     """COOKIE ECHO sent."""
-    ESTABLISHED = lib.SCTP_CONNTRACK_ESTABLISHED
+    ESTABLISHED = _c("SCTP_CONNTRACK_ESTABLISHED")
     """Association up."""
-    SHUTDOWN_SENT = lib.SCTP_CONNTRACK_SHUTDOWN_SENT
+    SHUTDOWN_SENT = _c("SCTP_CONNTRACK_SHUTDOWN_SENT")
     """SHUTDOWN sent."""
-    SHUTDOWN_RECD = lib.SCTP_CONNTRACK_SHUTDOWN_RECD
+    SHUTDOWN_RECD = _c("SCTP_CONNTRACK_SHUTDOWN_RECD")
     """SHUTDOWN received."""
-    SHUTDOWN_ACK_SENT = lib.SCTP_CONNTRACK_SHUTDOWN_ACK_SENT
+    SHUTDOWN_ACK_SENT = _c("SCTP_CONNTRACK_SHUTDOWN_ACK_SENT")
     """SHUTDOWN ACK sent."""
-    HEARTBEAT_SENT = lib.SCTP_CONNTRACK_HEARTBEAT_SENT
+    HEARTBEAT_SENT = _c("SCTP_CONNTRACK_HEARTBEAT_SENT")
     """HEARTBEAT sent (secondary path)."""
 
 
 class DCCPState(NamedIntEnum):
     """DCCP conntrack states."""
 
-    NONE = lib.DCCP_CONNTRACK_NONE
+    NONE = _c("DCCP_CONNTRACK_NONE")
     """No state."""
-    REQUEST = lib.DCCP_CONNTRACK_REQUEST
+    REQUEST = _c("DCCP_CONNTRACK_REQUEST")
     """REQUEST sent."""
-    RESPOND = lib.DCCP_CONNTRACK_RESPOND
+    RESPOND = _c("DCCP_CONNTRACK_RESPOND")
     """RESPONSE sent."""
-    PARTOPEN = lib.DCCP_CONNTRACK_PARTOPEN
+    PARTOPEN = _c("DCCP_CONNTRACK_PARTOPEN")
     """Partly open."""
-    OPEN = lib.DCCP_CONNTRACK_OPEN
+    OPEN = _c("DCCP_CONNTRACK_OPEN")
     """Open."""
-    CLOSEREQ = lib.DCCP_CONNTRACK_CLOSEREQ
+    CLOSEREQ = _c("DCCP_CONNTRACK_CLOSEREQ")
     """CLOSEREQ sent."""
-    CLOSING = lib.DCCP_CONNTRACK_CLOSING
+    CLOSING = _c("DCCP_CONNTRACK_CLOSING")
     """Closing."""
-    TIMEWAIT = lib.DCCP_CONNTRACK_TIMEWAIT
+    TIMEWAIT = _c("DCCP_CONNTRACK_TIMEWAIT")
     """Time-wait."""
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, fields
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple, Union
 
-from .enums import Family, Proto, State, TCPState
+if TYPE_CHECKING:  # annotations only: enums takes its values from _binding, which imports this module
+    from .enums import Family, Proto, State, TCPState
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]

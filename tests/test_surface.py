@@ -101,3 +101,21 @@ def test_cli_message_names_the_option(argv, says: str, capsys: pytest.CaptureFix
     assert cli.main(argv) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert says in err, err
+
+
+def test_only_the_binding_imports_the_compiled_module() -> None:
+    """The layering rule of docs/architecture.rst: ``_binding`` is the one
+    module that imports ``ffi``/``lib``; everything above it is plain Python."""
+    import ast
+
+    importers = []
+    for path in sorted(Path(conntrack.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n == "_nfct" or n.endswith("._nfct") for n in names):
+                importers.append(path.name)
+    assert importers == ["_binding.py"]
