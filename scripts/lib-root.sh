@@ -94,13 +94,18 @@ ctpy_mount() {
     chmod 755 "$CHROOT/usr/sbin/policy-rc.d"
 }
 
-# ctpy_chroot CMD...: run CMD in the chroot as root with a clean environment
+# ctpy_chroot CMD...: run CMD in the root as root with a clean environment
 # (but for CI and the host's certificate settings, which pip needs behind a proxy).
+# The root is entered with pivot_root in a mount namespace of its own, not with
+# chroot(2): the kernel refuses a user namespace to a chrooted process (EPERM;
+# tests/test_safety.py makes one), and a fresh machine is not chrooted either.
 ctpy_chroot() {
     local pass=() v
     for v in CI PIP_CERT SSL_CERT_FILE REQUESTS_CA_BUNDLE GIT_SSL_CAINFO PIP_DEFAULT_TIMEOUT; do
         [ -n "${!v:-}" ] && pass+=("$v=${!v}")
     done
-    chroot "$CHROOT" env -i PATH="$CHROOT_PATH" HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
-        "${pass[@]}" "$@"
+    unshare --mount --propagation private -- /bin/sh -c \
+        'cd "$1" && mkdir -p .host && pivot_root . .host && cd / && umount -l /.host && rmdir /.host \
+         && shift && exec "$@"' ctpy-enter "$CHROOT" \
+        env -i PATH="$CHROOT_PATH" HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" "${pass[@]}" "$@"
 }

@@ -52,13 +52,17 @@ def _tool(name: str, package: str) -> Callable[[], Optional[str]]:
 
 
 def _userns() -> Optional[str]:
+    """Whether this process may make a user namespace: asked of the kernel, which refuses one
+    to a chrooted process and when ``user.max_user_namespaces`` is 0."""
     try:
-        with open("/proc/sys/user/max_user_namespaces") as f:
-            if int(f.read()) > 0:
-                return None
-    except (OSError, ValueError):
-        pass
-    return "needs user namespaces (sysctl user.max_user_namespaces > 0)"
+        run = subprocess.run(["unshare", "--user", "--map-root-user", "true"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "needs user namespaces (unshare --user: %s)" % exc
+    if run.returncode:
+        return "needs user namespaces (unshare --user --map-root-user: %s; chrooted, or " \
+               "user.max_user_namespaces is 0)" % run.stderr.strip()
+    return None
 
 
 # Every capability a test may need, in one place (pygit2's test/utils.py style).  Each name is
