@@ -551,7 +551,12 @@ class Flow:
 
     @property
     def id(self) -> Optional[int]:
-        """The kernel's id for this entry (stable while it lives)."""
+        """The kernel's id for this entry (stable while it lives).
+
+        A 32-bit hash, not a unique number: two live entries can share one
+        (among n entries about n*n/2**33 pairs do, some 116 in a million).
+        To tell entries apart, in a dict for instance, use :attr:`key`.
+        """
         return self._opt("id")
 
     @property
@@ -625,8 +630,11 @@ class Flow:
 
     @property
     def key(self) -> Tuple[int, Proto, FlowTuple]:
-        """What names the entry in the kernel: zone, protocol, original tuple."""
-        return (self.zone, self.proto, self.orig)
+        """What names the entry in the kernel: the zone of the original
+        direction, protocol, original tuple.  No two live entries of a
+        namespace share it (the kernel finds an entry by these and refuses a
+        second one), so it is the dict key for flows, where :attr:`id` is not."""
+        return (0 if self.reply_zone is not None else self.zone, self.proto, self.orig)
 
     def _values(self) -> Tuple[Any, ...]:  # in _FIELD_NAMES' order
         return (

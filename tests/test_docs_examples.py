@@ -518,7 +518,7 @@ def test_service_agent_stays_whole_across_an_overflow(ns_ct):
             # made while the agent cannot read (this blocks the loop): its buffer overflows
             ns_ct.create_many(_service_burst(6000))
             ns_ct.delete(Filter(proto="tcp", src="10.4.0.0/24"))  # 250 DESTROY
-            want = {f.id for f in ns_ct.dump(example.SERVICE)}
+            want = {f.key for f in ns_ct.dump(example.SERVICE)}
             deadline = time.monotonic() + 120
             while set(agent.flows) != want and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)

@@ -73,6 +73,20 @@ def test_zones_keep_same_tuple_apart(ns_ct):
     assert ns_ct.count(Filter(zone=1)) == 1
 
 
+def test_key_tells_live_entries_apart_where_only_the_zone_differs(ns_ct):
+    """Flow.key (the original direction's zone, protocol, original tuple) is unique among live entries:
+    the kernel refuses a second entry with the same, and accepts these three side by side."""
+    spec = dict(proto="udp", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2, timeout=60)
+    for zones in (dict(zone=5), dict(orig_zone=7), dict(reply_zone=7)):
+        ns_ct.create(Flow(**zones, **spec))
+    with pytest.raises(conntrack.Exists):  # orig tuple in zone 0, as the reply_zone=7 entry's
+        ns_ct.create(Flow(**spec))
+    flows = list(ns_ct.dump())
+    orig = flows[0].orig
+    assert sorted(f.key[0] for f in flows) == [0, 5, 7] and {f.key[1:] for f in flows} == {(Proto.udp, orig)}
+    assert len({f.key for f in flows}) == 3
+
+
 def test_delete_of_a_read_flow_never_hits_its_successor(ns_ct):
     spec = dict(proto="tcp", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2, state="SYN_SENT")
     ns_ct.create(Flow(timeout=60, **spec))

@@ -3,11 +3,11 @@ Prometheus, and stay whole across an overflow by resyncing."""
 
 import asyncio
 import sys
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from conntrack import Conntrack, EventType, Filter, Flow
+from conntrack import Conntrack, EventType, Filter, Flow, FlowTuple, Proto
 from conntrack.events import DEFAULT_RCVBUF
 
 SERVICE = Filter(proto="tcp", dst="10.9.0.2", dport=443)
@@ -15,7 +15,7 @@ SERVICE = Filter(proto="tcp", dst="10.9.0.2", dport=443)
 
 class ServiceAgent:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.flows: Dict[int, Flow] = {}  # the live view, by entry id
+        self.flows: Dict[Tuple[int, Proto, FlowTuple], Flow] = {}  # the live view, by Flow.key (ids can collide)
         self.subscribed = asyncio.Event()
         self.opened = Counter("service_connections_opened", "NEW events", registry=registry)
         self.closed = Counter("service_connections_closed", "DESTROY events", registry=registry)
@@ -26,7 +26,7 @@ class ServiceAgent:
 
     async def run(self, ct: Conntrack, service: Filter = SERVICE, idle: Optional[float] = None,
                   rcvbuf: int = DEFAULT_RCVBUF) -> None:
-        fresh: Dict[int, Flow] = {}
+        fresh: Dict[Tuple[int, Proto, FlowTuple], Flow] = {}
         # NEW and DESTROY only: no UPDATE flood.  resync=True: after an
         # OVERFLOW the stream yields a snapshot of the service's entries.
         async with ct.aevents(service, types=EventType.NEW | EventType.DESTROY, resync=True,
@@ -35,17 +35,17 @@ class ServiceAgent:
             self.subscribed.set()
             async for ev in stream:
                 if ev.type == EventType.NEW:
-                    self.flows[ev.flow.id] = ev.flow
+                    self.flows[ev.flow.key] = ev.flow
                     self.opened.inc()
                 elif ev.type == EventType.DESTROY:
-                    self.flows.pop(ev.flow.id, None)  # may be gone already after a resync
+                    self.flows.pop(ev.flow.key, None)  # may be gone already after a resync
                     self.closed.inc()
                 elif ev.type == EventType.OVERFLOW:
                     self.lost.inc(ev.lost or 0)
                 elif ev.type == EventType.SNAPSHOT_BEGIN:
                     fresh = {}
                 elif ev.type == EventType.SNAPSHOT:
-                    fresh[ev.flow.id] = ev.flow
+                    fresh[ev.flow.key] = ev.flow
                 elif ev.type == EventType.SNAPSHOT_END:
                     # the events queued during the snapshot come next and apply on top of it
                     self.flows = fresh
