@@ -395,9 +395,10 @@ _CHECK_BITS = (
     ("src", lib.CTPY_F_ORIG_SRC), ("dst", lib.CTPY_F_ORIG_DST),
     ("reply_src", lib.CTPY_F_REPLY_SRC), ("reply_dst", lib.CTPY_F_REPLY_DST),
     ("sport", lib.CTPY_F_SPORT), ("dport", lib.CTPY_F_DPORT), ("state", lib.CTPY_F_STATE),
-    ("status", lib.CTPY_F_STATUS), ("mark", lib.CTPY_F_MARK), ("zone", lib.CTPY_F_ZONE),
+    ("mark", lib.CTPY_F_MARK), ("zone", lib.CTPY_F_ZONE),
     ("labels", lib.CTPY_F_LABELS), ("orig_zone", lib.CTPY_F_ORIG_ZONE), ("reply_zone", lib.CTPY_F_REPLY_ZONE),
     ("src_nat", lib.CTPY_F_SRC_NAT), ("dst_nat", lib.CTPY_F_DST_NAT), ("any_nat", lib.CTPY_F_ANY_NAT),
+    ("status_mask", lib.CTPY_F_STATUS),
 )
 _BPF_BITS = (
     ("proto", lib.CTPY_B_PROTO), ("state", lib.CTPY_B_STATE), ("src", lib.CTPY_B_SRC),
@@ -462,8 +463,8 @@ def _check_filter(part: CheckPart) -> Any:
         f.sport_lo, f.sport_hi = part.sport
     if part.dport is not None:
         f.dport_lo, f.dport_hi = part.dport
-    if part.status is not None:
-        f.status_val, f.status_mask = part.status
+    if part.status_mask is not None:
+        f.status_val, f.status_mask = part.status_mask
     if part.labels is not None:
         ffi.memmove(f.labels_val, part.labels, 16)
         ffi.memmove(f.labels_mask, part.labels, 16)

@@ -23,7 +23,7 @@ from ._check import IPAddress, check_address, check_int, check_port, labels_to_b
 from .enums import Family, Proto, State, Status, parse_family, parse_proto, parse_state, parse_status
 from .errors import InvalidType, InvalidValue, keyword
 from .features import KernelFeatures
-from .plan import BPFPart, CheckPart, KernelPart, NatMatch, Network, Plan, TuplePart
+from .plan import BPFPart, CheckPart, KernelPart, NatMatch, Network, Plan, Selection, TuplePart
 
 PortSpec = Union[int, str, Tuple[int, int], range]
 
@@ -304,7 +304,7 @@ def _family_of(value: Any) -> Optional[Family]:
 
 
 @dataclass(frozen=True)
-class Filter:
+class Filter(Selection):
     """Which flows to act on.  Every given part must match (AND).
 
     Examples::
@@ -316,30 +316,6 @@ class Filter:
         Filter(dst_nat="10.0.0.9:8080")               # conntrack -L --dst-nat 10.0.0.9:8080
         Filter(any_nat=True, reply_zone=4)            # conntrack -L --any-nat --reply-zone 4
     """
-
-    # the same names, in the same order, as FIELDS and __init__ (tests/test_filter_fields.py)
-    family: Optional[Family] = None
-    proto: Optional[Proto] = None
-    src: Optional[Network] = None
-    dst: Optional[Network] = None
-    reply_src: Optional[Network] = None
-    reply_dst: Optional[Network] = None
-    sport: Optional[Tuple[int, int]] = None
-    dport: Optional[Tuple[int, int]] = None
-    state: Optional[Tuple[State, ...]] = None
-    status: Optional[Status] = None
-    unreplied: Optional[bool] = None
-    assured: Optional[bool] = None
-    snat: Optional[bool] = None
-    dnat: Optional[bool] = None
-    mark: Optional[Tuple[int, int]] = None
-    zone: Optional[int] = None
-    labels: Optional[bytes] = None
-    orig_zone: Optional[int] = None
-    reply_zone: Optional[int] = None
-    src_nat: Optional[NatMatch] = None
-    dst_nat: Optional[NatMatch] = None
-    any_nat: Optional[NatMatch] = None
 
     def __init__(
         self,
@@ -493,7 +469,7 @@ class Filter:
         )
         user = CheckPart(
             **{f.name: getattr(self, f.name) for f in restricting if f.carrier is not STATUS},
-            status=status,
+            status_mask=status,
         )
         bpf = self._compile_events(features, restricting)
         in_bpf = [getattr(bpf, f.name, None) is not None for f in restricting]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple, Union
 
 if TYPE_CHECKING:  # annotations only: enums takes its values from _binding, which imports this module
-    from .enums import Family, Proto, State, TCPState
+    from .enums import Family, Proto, State, Status, TCPState
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -75,13 +75,12 @@ class KernelPart(_Part):
     reply: Optional[TuplePart] = None
 
 
-@dataclass(frozen=True, repr=False)
-class CheckPart(_Part):
-    """What the C layer checks on every parsed record: the whole filter.
-
-    ``status`` folds the filter's status bits and its ``unreplied``,
-    ``assured``, ``snat`` and ``dnat`` flags into one (value, mask).
-    """
+@dataclass(frozen=True)
+class Selection:
+    """What a filter selects, field by field: the one declaration of the
+    filter's fields, shared by :class:`~conntrack.Filter` (its keywords, in
+    the order of ``filter.FIELDS``; ``tests/test_filter_fields.py`` checks
+    both against the constructor) and :class:`CheckPart`."""
 
     family: Optional[Family] = None
     proto: Optional[Proto] = None
@@ -92,7 +91,11 @@ class CheckPart(_Part):
     sport: Optional[Tuple[int, int]] = None
     dport: Optional[Tuple[int, int]] = None
     state: Optional[Tuple[State, ...]] = None
-    status: Optional[Masked] = None
+    status: Optional[Status] = None
+    unreplied: Optional[bool] = None
+    assured: Optional[bool] = None
+    snat: Optional[bool] = None
+    dnat: Optional[bool] = None
     mark: Optional[Masked] = None
     zone: Optional[int] = None
     labels: Optional[bytes] = None
@@ -101,6 +104,19 @@ class CheckPart(_Part):
     src_nat: Optional[NatMatch] = None
     dst_nat: Optional[NatMatch] = None
     any_nat: Optional[NatMatch] = None
+
+
+@dataclass(frozen=True, repr=False)
+class CheckPart(_Part, Selection):
+    """What the C layer checks on every parsed record: the whole filter,
+    each field that restricts anything.
+
+    ``status_mask`` folds the filter's ``status`` bits and its
+    ``unreplied``, ``assured``, ``snat`` and ``dnat`` flags into one
+    (value, mask); those five fields stay None here.
+    """
+
+    status_mask: Optional[Masked] = None
 
 
 @dataclass(frozen=True, repr=False)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 import pytest
 
 from conntrack import Filter, KernelFeatures, _binding, cli
-from conntrack.filter import FIELDS, TUPLE
+from conntrack.filter import FIELDS, STATUS, TUPLE
 from conntrack.plan import BPFPart, CheckPart, KernelPart, NatMatch, Plan, TuplePart
 
 # One restricting IPv4-compatible value per field; a field added to Filter without a
@@ -183,7 +183,11 @@ def test_a_plan_holds_only_python_values(feat):
 
 
 def test_the_binding_maps_every_check_and_bpf_field():
-    assert [name for name, _ in _binding._CHECK_BITS] == [f.name for f in dataclasses.fields(CheckPart)]
+    # every field the C check reads: the filter's fields, the status ones folded into status_mask
+    folded = {f.name for f in FIELDS if f.carrier is STATUS}
+    assert [name for name, _ in _binding._CHECK_BITS] == [
+        f.name for f in dataclasses.fields(CheckPart) if f.name not in folded]
+    assert [f.name for f in dataclasses.fields(CheckPart)] == [f.name for f in FIELDS] + ["status_mask"]
     assert [name for name, _ in _binding._BPF_BITS] == [f.name for f in dataclasses.fields(BPFPart)]
     bits = [bit for _, bit in _binding._CHECK_BITS]
     assert len(set(bits)) == len(bits) and all(b and b & (b - 1) == 0 for b in bits)
