@@ -26,7 +26,7 @@ from typing import Any, Deque, Dict, Iterator, Optional
 
 from . import _binding, _dump
 from .enums import NamedIntFlag
-from .flow import Flow
+from .flow import Flow, flow_at
 from .plan import Plan
 
 #: Receive buffer asked for an event socket: room for about 200,000 queued events.
@@ -191,7 +191,7 @@ class EventStream:
             self._pending.append(Event(EventType.SNAPSHOT_END, None))
             return
         snap = EventType.SNAPSHOT
-        self._pending.extend(Event(snap, Flow._from_batch(batch, i)) for i in range(batch.n))
+        self._pending.extend(Event(snap, flow_at(batch, i)) for i in range(batch.n))
 
     def _snapshot_start(self) -> None:
         self._snap_wanted = False
@@ -206,7 +206,7 @@ class EventStream:
         pending = self._pending
         batch = got.batch
         for i, kind in enumerate(got.types):
-            pending.append(Event(_TYPES[kind], Flow._from_batch(batch, i)))
+            pending.append(Event(_TYPES[kind], flow_at(batch, i)))
         if got.overflows:  # the loss comes after this batch's events (see ctpy_events_next)
             lost = got.lost
             self.overflows += 1

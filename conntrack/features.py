@@ -27,6 +27,7 @@ fallback paths on a new kernel).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -218,7 +219,7 @@ def _probe_here() -> Dict[str, bool]:
     from . import _binding, _dump
     from .enums import Status
     from .filter import Filter
-    from .flow import Flow
+    from .flow import Flow, flow_at
     from .plan import CheckPart
     from .table import Conntrack
 
@@ -236,13 +237,14 @@ def _probe_here() -> Dict[str, bool]:
     ]
     parts: Dict[str, Tuple[Dict[str, Any], int]] = {"dump_mark": (dict(mark=1), 2), "dump_status": (dict(unreplied=True), 3),
              "dump_zone": (dict(zone=7), 4), "dump_tuple": (dict(family="ipv4", proto="udp"), 5)}
-    with Conntrack(features=KernelFeatures.none()) as ct:
+    # the probe's dumps go through a socket of its own: the kernel's part alone, no C check
+    with Conntrack(features=KernelFeatures.none()) as ct, contextlib.closing(_binding.Socket()) as sock:
 
         def returned(**kw: Any) -> Set[int]:
             plan = Filter(**kw).compile(everything)
             seen: Set[int] = set()
-            for batch in _dump.batches(ct._sock.dump(plan.kernel, CheckPart()), prefetch=False):
-                seen.update(Flow._from_batch(batch, i).orig.sport or 0 for i in range(batch.n))
+            for batch in _dump.batches(sock.dump(plan.kernel, CheckPart()), prefetch=False):
+                seen.update(flow_at(batch, i).orig.sport or 0 for i in range(batch.n))
             return seen
 
         ct.create_many(entries)

@@ -703,6 +703,38 @@ class Flow:
         return "<Flow %s>" % self
 
 
+# -- the record layer's hooks: a Flow is a (batch, index) pair ---------------------
+# For the package's modules that make flows from records or send a flow's record
+# (table, events, features); not part of the documented API.
+
+
+def flow_at(b: _binding.Batch, i: int) -> Flow:
+    """The flow of record *i* of batch *b* (nothing decoded yet)."""
+    return Flow._from_batch(b, i)
+
+
+def record_of(f: Flow) -> Tuple[_binding.Batch, int]:
+    """The batch and the index that hold *f*'s record."""
+    return f._b, f._i
+
+
+def flows_in(batches: Iterable[_binding.Batch], where: Optional[Callable[[Flow], bool]],
+             finished: Optional[Callable[[], None]] = None) -> Iterator[Flow]:
+    """Every record of *batches* as a :class:`Flow`, kept when *where* (if
+    given) says so, then ``finished()``: a dump's loop, one object of two
+    slots per record (one generator, so no delegation cost per flow)."""
+    new = Flow.__new__
+    for b in batches:
+        for i in range(b.n):
+            f = new(Flow)
+            f._b = b
+            f._i = i
+            if where is None or where(f):
+                yield f
+    if finished is not None:
+        finished()
+
+
 _FIELD_NAMES = ("family", "proto", "orig", "reply", "status", "state", "timeout", "mark", "zone", "orig_zone",
                 "reply_zone", "id", "use", "counters", "start", "stop", "labels", "secctx", "helper", "master")
 """The keys of :meth:`Flow.to_dict`, in the order of ``Flow._values()``."""

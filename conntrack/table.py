@@ -54,7 +54,7 @@ from .events import ALL as ALL_EVENTS
 from .events import DEFAULT_RCVBUF, EventStream, EventType, listen
 from .features import KernelFeatures
 from .filter import Filter
-from .flow import ROW_FIELDS, Flow, rows
+from .flow import ROW_FIELDS, Flow, flow_at, flows_in, record_of, rows
 from .netns import NetnsSpec, resolve
 from .plan import KernelPart, Plan
 from .top import By, Top, decode, parse_by
@@ -454,10 +454,10 @@ class Conntrack:
         Raises :class:`conntrack.NotFound` when there is none.
         """
         f = _lookup_record(flow, keywords)
-        out = self._sock.request(_binding.MSG_GET, 0, f._b, f._i, "get")
+        out = self._sock.request(_binding.MSG_GET, 0, *record_of(f), "get")
         if out is None:
             raise from_errno(errno.ENOENT, "get: no entry returned")
-        return Flow._from_batch(out, 0)
+        return flow_at(out, 0)
 
     # -- writing ----------------------------------------------------------------
 
@@ -482,7 +482,7 @@ class Conntrack:
         check_create(flow)
         _check_creatable(flow)
         try:
-            self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, flow._b, flow._i, "create")
+            self._sock.request(_binding.MSG_NEW, _binding.F_CREATE_EXCL, *record_of(flow), "create")
         except ConntrackOSError as exc:
             if exc.errno in (errno.ENOMEM, errno.ENOSPC):
                 raise self._insert_refused(exc.errno, "create of %s" % flow) from None
@@ -502,7 +502,7 @@ class Conntrack:
                                      % (flow.reply, got.reply, status_names(got.status)))
         if problem is not None:
             try:  # pinned to the new entry's id: never another one
-                self._sock.request(_binding.MSG_DELETE, 0, got._b, got._i, "delete")
+                self._sock.request(_binding.MSG_DELETE, 0, *record_of(got), "delete")
             except NotFound:
                 pass
             raise problem
@@ -545,7 +545,8 @@ class Conntrack:
         has = _binding.HAS
         if not present:
             raise ValueError("update: give at least one of mark, timeout, status, labels")
-        orig = flow._b.tuple(flow._i, "orig")
+        rec, i = record_of(flow)
+        orig = rec.tuple(i, "orig")
         # CTA_ZONE only for a zone of both directions: a reply-only zone
         # (zone-reply=N) is not part of the original tuple's lookup key
         if flow.zone and orig.zone is None and flow.reply_zone is None:
@@ -629,7 +630,7 @@ class Conntrack:
                 return DeleteResult(method="single", dry_run=True, matched=[self.get(f)])
             except FileNotFoundError:
                 return DeleteResult(method="single", dry_run=True)
-        self._sock.request(_binding.MSG_DELETE, 0, f._b, f._i, "delete")
+        self._sock.request(_binding.MSG_DELETE, 0, *record_of(f), "delete")
         return DeleteResult(deleted=1, method="single")
 
     def _bulk_delete(self, flt: Filter, dry_run: bool) -> DeleteResult:
@@ -668,7 +669,7 @@ class Conntrack:
                     ) from broken
                 if acks.failed:
                     result = so_far()
-                    flow = Flow._from_batch(b, acks.first_failed)
+                    flow = flow_at(b, acks.first_failed)
                     exc = from_errno(acks.first_errno, "delete of %s" % flow)
                     raise BulkDeleteError(
                         "bulk delete stopped after %d deletions: %s" % (result.deleted, exc), result
@@ -734,7 +735,7 @@ class Conntrack:
             created += acks.done
             if acks.failed:
                 err = acks.first_errno
-                what = "create of %s (after %d created)" % (Flow._from_batch(b, acks.first_failed), created)
+                what = "create of %s (after %d created)" % (flow_at(b, acks.first_failed), created)
                 if err in (errno.ENOMEM, errno.ENOSPC):
                     refusal = self._insert_refused(err, what)
                 else:
@@ -749,7 +750,7 @@ class Conntrack:
                 raise ValueError("timeout: required to create a flow (%s)" % f)
             check_create(f)
             _check_creatable(f)
-            pending.append((f._b, f._i))
+            pending.append(record_of(f))
             if len(pending) >= chunk:
                 send()
         if pending:
@@ -844,28 +845,23 @@ def _check_creatable(flow: Flow) -> None:
                               % "/".join(str(p or 0) for p in ports[:2]))
 
 
-def _flows(batches: Iterator[_binding.Batch], where: Optional[Callable[[Flow], bool]],
-           dump: _binding.Dump) -> Iterator[Flow]:
-    new = Flow.__new__
-    for b in batches:
-        for i in range(b.n):
-            f = new(Flow)
-            f._b = b
-            f._i = i
-            if where is None or where(f):
-                yield f
+def _warn_if_interrupted(dump: _binding.Dump, stacklevel: int) -> None:
     if dump.interrupted:
         warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
-                                      "under it); entries may be missing or repeated"), stacklevel=2)
+                                      "under it); entries may be missing or repeated"), stacklevel=stacklevel + 1)
+
+
+def _flows(batches: Iterator[_binding.Batch], where: Optional[Callable[[Flow], bool]],
+           dump: _binding.Dump) -> Iterator[Flow]:
+    # the warning's frame: this lambda, flows_in, then the caller's loop
+    return flows_in(batches, where, lambda: _warn_if_interrupted(dump, 3))
 
 
 def _rows(batches: Iterator[_binding.Batch], names: Tuple[str, ...], int_addresses: bool,
           dump: _binding.Dump) -> Iterator[Tuple[Any, ...]]:
     for b in batches:
         yield from rows(b, names, int_addresses)
-    if dump.interrupted:
-        warnings.warn(DumpInterrupted("dump: the kernel flagged the dump as interrupted (the table changed "
-                                      "under it); entries may be missing or repeated"), stacklevel=2)
+    _warn_if_interrupted(dump, 2)
 
 
 __all__ = ["Conntrack", "DeleteResult", "ConntrackError"]

@@ -211,12 +211,16 @@ def test_an_interrupted_dump_is_reported_and_a_batch_delete_is_not_exact(netns, 
     with conntrack.Conntrack(netns.name, features=KernelFeatures.none()) as ct:
         ct.create_many([_udp(i) for i in range(n)])
         injected = _inject_dump_intr(monkeypatch, netns.name)
-        with pytest.warns(DumpInterrupted):
+        with pytest.warns(DumpInterrupted) as told:
             seen = sum(1 for _ in ct.dump(Filter(proto="udp")))
+        assert told[0].filename == __file__  # the warning points at the caller's loop
+        with pytest.warns(DumpInterrupted) as told:
+            rows = sum(1 for _ in ct.dump_tuples(Filter(proto="udp"), fields=("sport",)))
+        assert told[0].filename == __file__ and 0 < rows < n
         with pytest.warns(DumpInterrupted):
             counted = ct.count(Filter(proto="udp"))
         result = ct.delete(Filter(proto="udp"))
-        assert len(injected) == 3
+        assert len(injected) == 4
         assert 0 < seen < n and 0 < counted < n
         assert result.interrupted and not result.exact
         monkeypatch.undo()
