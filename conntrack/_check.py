@@ -65,10 +65,13 @@ def check_address(value: Any, field: str, family: Optional[Family] = None) -> IP
 
 
 def labels_to_bytes(value: Any, field: str = "labels") -> bytes:
-    """A 128-bit label set from bit numbers (an iterable) or an int bitmap."""
+    """A 128-bit label set from bit numbers (an iterable, or a str of them
+    separated by commas: ``"12"`` is bit 12) or an int bitmap."""
     if isinstance(value, int) and not isinstance(value, bool):
         bits = check_int(value, field, 0, (1 << 128) - 1)
     else:
+        if isinstance(value, str):  # never its characters one by one: "12" is not bits 1 and 2
+            value = [part.strip() for part in value.split(",")]
         bits = 0
         for bit in value:
             bits |= 1 << check_int(bit, field, 0, 127)

@@ -291,6 +291,8 @@ FIELDS: Tuple[Field, ...] = (
 the dataclass fields and the constructor's signature."""
 
 FIELD = {f.name: f for f in FIELDS}
+# the family check's order: NAT parts first, so a conflict names the address field
+_FAMILY_ORDER = tuple(f for f in FIELDS if f.parse is _nat) + tuple(f for f in FIELDS if f.parse is not _nat)
 
 
 def _family_of(value: Any) -> Optional[Family]:
@@ -347,7 +349,7 @@ class Filter(Selection):
         v: Dict[str, Any] = {f.name: f.parse(given[f.name], f.name) for f in FIELDS if given[f.name] is not None}
         # the family: given, or implied by an address (all of them in one family)
         fam: Optional[Family] = v.get("family")
-        for f in FIELDS:
+        for f in _FAMILY_ORDER:
             implied = _family_of(v.get(f.name))
             if implied is None or f.name == "family":
                 continue

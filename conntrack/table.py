@@ -664,6 +664,7 @@ class Conntrack:
                     acks = self._sock.batch(_binding.MSG_DELETE, 0, b, pin_id=True, tally=tally)
                 except OSError as broken:  # the socket failed part-way: say what was done
                     result = so_far()
+                    result.exact = False  # a lost acknowledgement may be a deletion not counted
                     raise BulkDeleteError(
                         "bulk delete stopped after %d deletions: %s" % (result.deleted, broken), result
                     ) from broken

@@ -94,16 +94,20 @@ struct ctpy_sock {
  *   -EBADMSG; recv() returning 0 is -EPIPE.
  * - EINTR: a blocking recv() is retried; the event reader's non-blocking
  *   one returns RX_EMPTY, so Python can run its signal handlers.
+ * - queued_only: recv() never waits, and EAGAIN is RX_EMPTY.
  * - ENOBUFS on the event socket (the kernel dropped events) sets
  *   s->overflow and reading goes on (the messages still queued came before
  *   the loss); EAGAIN there is RX_EMPTY: nothing queued.
  * - Any other receive error ends the exchange with -errno: ENOBUFS (replies
  *   were lost), EAGAIN (the socket's timeout).
  * - After a receive error, a truncated message or EOF, the unread buffer is
- *   dropped and, on a request socket (RX_REPLY, RX_ACKS), which is reused,
- *   the kernel's queue is drained: stale replies and a congested socket
- *   would make the next exchange wait forever.  A dump's socket is not
- *   drained (its owner closes it; draining would run the rest of the dump).
+ *   dropped and, on a request socket (RX_REPLY), which is reused, the
+ *   kernel's queue is drained: stale replies and a congested socket would
+ *   make the next exchange wait forever.  A batch (RX_ACKS) drains it
+ *   itself, counting the acknowledgements still queued (each one is a
+ *   request the kernel carried out): it reads on with queued_only set, then
+ *   calls rx_drain().  A dump's socket is not drained (its owner closes it;
+ *   draining would run the rest of the dump).
  *   An NLMSG_ERROR from the kernel is an answer, not a receive error: what
  *   follows it is left to be skipped as stale.
  * - On the event socket (RX_EVENTS) every message is an event: no sequence
@@ -120,6 +124,7 @@ struct ctpy_rx {
     uint32_t seq;           /* the first request's sequence number */
     uint32_t nseq;          /* how many requests: replies carry seq .. seq + nseq - 1 */
     enum ctpy_rx_kind kind;
+    int queued_only;        /* never wait: RX_EMPTY once nothing is queued */
 };
 
 #define RX_END   0          /* the exchange is over (NLMSG_DONE, an ack) */
@@ -128,6 +133,7 @@ struct ctpy_rx {
 
 CTPY_INTERNAL int rx_recv(struct ctpy_sock *s, const struct ctpy_rx *rx);
 CTPY_INTERNAL int rx_fail(struct ctpy_sock *s, const struct ctpy_rx *rx, int err);
+CTPY_INTERNAL void rx_drain(struct ctpy_sock *s);
 
 /* The next message of the exchange rx (the rule above).  Inline: the dump
  * path calls it once per entry, and takes the buffered case without a call. */
@@ -163,12 +169,14 @@ static inline int rx_next(struct ctpy_sock *s, const struct ctpy_rx *rx,
                 continue;
             if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(int))
                 return rx_fail(s, rx, -EBADMSG);
+            err = ((const struct nlmsgerr *)NLMSG_DATA(nlh))->error;
+            if (err > 0)
+                return rx_fail(s, rx, -EBADMSG);
             if (rx->kind == RX_ACKS) {
                 *out = nlh;
                 return RX_MSG;
             }
-            err = ((const struct nlmsgerr *)NLMSG_DATA(nlh))->error;
-            return err < 0 ? err : err ? -EBADMSG : RX_END;
+            return err < 0 ? err : RX_END;
         }
         *out = nlh;
         return RX_MSG;

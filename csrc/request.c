@@ -83,6 +83,27 @@ int ctpy_flush(struct ctpy_sock *s, uint8_t family,
 
 /* ---- batched requests (deletes, creates) --------------------------------------------------- */
 
+/* Count one acknowledgement of a batch whose first request (index start)
+ * carried sequence number first_seq. */
+static void count_ack(const struct nlmsghdr *nlh, uint32_t first_seq, int start,
+                      struct ctpy_batch_result *res)
+{
+    uint32_t k = nlh->nlmsg_seq - first_seq;
+    int e = rx_ack_error(nlh);
+
+    if (e == 0) {
+        res->done++;
+    } else if (e == -ENOENT) {
+        res->vanished++;
+    } else {
+        if (!res->failed) {
+            res->first_errno = -e;
+            res->first_failed = start + (int)k;
+        }
+        res->failed++;
+    }
+}
+
 int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                const struct ctpy_record *recs, const char *pool, int n,
                int pin_id, struct ctpy_batch_result *res)
@@ -127,18 +148,23 @@ int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
         rx.nseq = (uint32_t)pending;
         while (pending > 0) {
             const struct nlmsghdr *nlh;
-            int rc = rx_next(s, &rx, &nlh), e;
-            uint32_t k;
+            int rc = rx_next(s, &rx, &nlh);
 
             if (rc < 0) {
+                /* A receive error (ENOBUFS: the kernel dropped replies).
+                 * The acknowledgements still queued are requests the
+                 * kernel carried out: count them, then empty the queue. */
+                rx.queued_only = 1;
+                while (rx_next(s, &rx, &nlh) == RX_MSG)
+                    if (nlh->nlmsg_type == NLMSG_ERROR)
+                        count_ack(nlh, first_seq, start, res);
+                rx_drain(s);
                 free(chunk);
                 return rc;
             }
             if (rc != RX_MSG || nlh->nlmsg_type != NLMSG_ERROR)
                 continue;
-            k = nlh->nlmsg_seq - first_seq;
-            e = rx_ack_error(nlh);
-            if (k == 0 && e == -EPERM) {
+            if (nlh->nlmsg_seq == first_seq && rx_ack_error(nlh) == -EPERM) {
                 /* nfnetlink checks CAP_NET_ADMIN once per sendmsg: it
                  * acks the first request with EPERM and drops the rest,
                  * whose acks never come.  Every request is refused. */
@@ -148,20 +174,11 @@ int ctpy_batch(struct ctpy_sock *s, uint8_t msg, uint16_t flags,
                 }
                 res->failed += n - start;
                 free(chunk);
-                return rx_fail(s, &rx, 0);  /* drain: the socket stays usable */
+                rx_drain(s);  /* the socket stays usable */
+                return 0;
             }
             pending--;
-            if (e == 0) {
-                res->done++;
-            } else if (e == -ENOENT) {
-                res->vanished++;
-            } else {
-                if (!res->failed) {
-                    res->first_errno = -e;
-                    res->first_failed = start + k;
-                }
-                res->failed++;
-            }
+            count_ack(nlh, first_seq, start, res);
         }
     }
     free(chunk);

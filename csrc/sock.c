@@ -172,9 +172,12 @@ struct nlmsghdr *put_header(char *buf, uint8_t msg, uint16_t flags,
  * holds stale replies and the socket stays congested: the kernel then drops
  * further replies without reporting it, and the next exchange waits
  * forever.  Empty the queue so the socket is usable again. */
-static void drain(struct ctpy_sock *s)
+void rx_drain(struct ctpy_sock *s)
 {
-    while (recv(s->fd, s->buf, CTPY_RECV_BUF, MSG_DONTWAIT) > 0 || errno == EINTR)
+    ssize_t n;
+
+    s->len = s->off = 0;
+    while ((n = recv(s->fd, s->buf, CTPY_RECV_BUF, MSG_DONTWAIT)) > 0 || (n < 0 && errno == EINTR))
         ;
 }
 
@@ -183,8 +186,8 @@ static void drain(struct ctpy_sock *s)
 int rx_fail(struct ctpy_sock *s, const struct ctpy_rx *rx, int err)
 {
     s->len = s->off = 0;
-    if (rx->kind == RX_REPLY || rx->kind == RX_ACKS)
-        drain(s);
+    if (rx->kind == RX_REPLY)
+        rx_drain(s);
     return err;
 }
 
@@ -192,10 +195,10 @@ int rx_fail(struct ctpy_sock *s, const struct ctpy_rx *rx, int err)
  * RX_EMPTY (events: nothing queued) or -errno (the rule in ctpy_int.h). */
 int rx_recv(struct ctpy_sock *s, const struct ctpy_rx *rx)
 {
-    int events = rx->kind == RX_EVENTS;
+    int events = rx->kind == RX_EVENTS, nowait = events || rx->queued_only;
 
     for (;;) {
-        ssize_t n = recv(s->fd, s->buf, CTPY_RECV_BUF, events ? MSG_DONTWAIT : 0);
+        ssize_t n = recv(s->fd, s->buf, CTPY_RECV_BUF, nowait ? MSG_DONTWAIT : 0);
 
         if (n > 0) {
             s->len = (size_t)n;
@@ -214,7 +217,7 @@ int rx_recv(struct ctpy_sock *s, const struct ctpy_rx *rx)
             s->overflow = 1;  /* the queued messages came before the loss */
             continue;
         }
-        if (events && errno == EAGAIN)
+        if (nowait && errno == EAGAIN)
             return RX_EMPTY;
         return rx_fail(s, rx, -errno);
     }

@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conntrack import Filter, KernelFeatures, _binding, cli
+from conntrack import Filter, InvalidValue, KernelFeatures, _binding, cli
 from conntrack.filter import FIELDS, STATUS, TUPLE
 from conntrack.plan import BPFPart, CheckPart, KernelPart, NatMatch, Plan, TuplePart
 
@@ -240,3 +240,19 @@ def test_kernel_capable_fields_are_the_ones_a_flush_can_rely_on():
 def test_nat_matches_print_as_conntrack_spells_them():
     assert [str(NatMatch()), str(Filter(src_nat="[2001:db8::1]:80").src_nat), str(Filter(dst_nat=":53").dst_nat)] == [
         "any", "[2001:db8::1]:80", ":53"]
+
+
+def test_labels_as_text_are_bit_numbers_never_characters():
+    """``"12"`` is bit 12 (read per character it was bits 1 and 2: a delete by it took other entries)."""
+    assert Filter(labels="12") == Filter(labels=[12]) != Filter(labels=[1, 2])
+    assert Filter(labels="1, 5") == Filter(labels=[1, 5])
+    with pytest.raises(InvalidValue) as bad:
+        Filter(labels="12,x")
+    assert bad.value.field == "labels"
+
+
+def test_an_address_against_a_nat_part_of_another_family_names_the_address():
+    for nat in ("src_nat", "dst_nat", "any_nat"):
+        with pytest.raises(InvalidValue) as bad:
+            Filter(src="10.0.0.1", **{nat: "[::1]:80"})
+        assert bad.value.field == "src"

@@ -1,6 +1,6 @@
 """The dump path's ctnetlink parser agrees with libnetfilter_conntrack's on a live kernel.
 
-The fast parser (csrc/ctpy.c, parse_fast) reads attributes straight into
+The fast parser (csrc/parse.c, parse_fast) reads attributes straight into
 records; ctpy_dump_crosscheck parses every entry of a live table with both
 it and nfct_nlmsg_parse and compares the records field by field.  Get and
 create replies and events are read here from a raw ctnetlink socket, as the

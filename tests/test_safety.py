@@ -615,3 +615,23 @@ def test_close_from_another_thread_during_a_bulk_delete_does_not_hang(netns):
         if left_at_close[0] > 0:  # close() returned while the delete was still running
             return
     pytest.fail("close() never landed inside a 20,000-entry delete in 5 attempts")
+
+
+def test_a_batch_whose_acknowledgements_overflow_counts_what_was_queued_and_is_not_exact(netns):
+    """A receive buffer shrunk under the handle (after the socket sized its
+    batches for a larger one) makes the kernel drop acknowledgements (ENOBUFS).
+    The deletes still happen: the result counts the acknowledgements that were
+    queued, never more than the kernel deleted, says it is not exact, and the
+    handle's socket stays usable."""
+    n = 3000
+    with conntrack.Conntrack(netns.name, features=KernelFeatures.none()) as ct:
+        ct.create_many([_udp(i) for i in range(n)])
+        fd = os.dup(ct._sock.fileno())
+        with socket.socket(fileno=fd) as shrink:
+            shrink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum
+        with pytest.raises(conntrack.BulkDeleteError) as raised:
+            ct.delete(Filter(proto="udp"))
+        assert raised.value.__cause__.errno == errno.ENOBUFS
+        result = raised.value.result
+        gone = n - ct.count()  # the handle still answers
+        assert 0 < result.deleted <= gone and result.exact is False
